@@ -1,0 +1,384 @@
+"""The Borealis audio-language model: Whisper encoder -> k-frame stacking -> adapter -> LLM.
+
+Composed from Hugging Face parts rather than re-implemented (as transformers' Voxtral is):
+`WhisperEncoder`, any `AutoModelForCausalLM`, and LoRA injected with `peft`. What Borealis
+owns is small: the downsampler and adapter (`adapters.py`), the splice of adapter outputs
+into the `<|AUDIO|>` slots, and checkpoint naming.
+
+Splice: the prompt holds start + N x `<|AUDIO|>` + end (see `prompts.py`); all audio rows of
+a batch go through the encoder at once, and their N_i valid adapter outputs fill the slots
+with one `masked_scatter`. No Python loop runs over samples.
+
+Checkpoint names follow the seed's module (`encoder.*`, `adapter.w_in`, `adapter.w_out`,
+`llm.*`): peft's `base_layer` / adapter-name wrapping is undone by state-dict hooks, so a
+state dict from the seed's code loads with `strict=True`, and LoRA factors are saved as
+`llm.<...>.q_proj.lora_A.weight`. A base checkpoint without LoRA factors loads strictly
+too: the fresh LoRA (B = 0) leaves the model equal to the base.
+
+Cost at Borealis-5B shapes: ~5.2B parameters, ~0.55B trainable with the default LoRA
+(r = 256 on every projection; `python -m borealis.paper` prints the table).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
+                          WhisperConfig, WhisperModel)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from borealis.adapters import ADAPTERS, stack_frames
+from borealis.features import WhisperLogMel
+from borealis.prompts import AUDIO_END, AUDIO_START, AUDIO_TOKEN, PromptBuilder, add_audio_tokens
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LLM (peft). Set `lora: null` in a config for full fine-tuning.
+
+    Args:
+        r: rank of the update.
+        alpha: scale numerator; the update is scaled by alpha / r.
+        dropout: dropout on the LoRA input.
+        target_modules: names of the LLM's linear layers that get LoRA.
+    """
+
+    r: int = 256
+    alpha: int = 512
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+class BorealisConfig(PretrainedConfig):
+    """Configuration of `BorealisForConditionalGeneration`.
+
+    Args:
+        encoder_config: the Whisper config (dict or `WhisperConfig`).
+        llm_config: the causal LM config (dict with `model_type`, or a `PretrainedConfig`).
+        downsample_factor: k, encoder frames stacked into one LLM position.
+        adapter: `simple` (the seed's 19.7M MLP) or `deep` (~80M residual MLP).
+        trim_audio_tokens: N follows the real audio length; off = 375 slots per 30 s window.
+        lora: LoRA settings as a dict, or None for full fine-tuning of the LLM.
+        freeze_encoder: keep Whisper frozen (eval mode, no grad); False for the unfreeze ablation.
+        audio_token_id, audio_start_id, audio_end_id: ids of the three audio tokens.
+    """
+
+    model_type = "borealis"
+    sub_configs = {"encoder_config": AutoConfig, "llm_config": AutoConfig}
+
+    def __init__(self, encoder_config: dict | PretrainedConfig | None = None,
+                 llm_config: dict | PretrainedConfig | None = None, downsample_factor: int = 4,
+                 adapter: str = "simple", trim_audio_tokens: bool = True, lora: dict | None = None,
+                 freeze_encoder: bool = True, audio_token_id: int | None = None, audio_start_id: int | None = None,
+                 audio_end_id: int | None = None, **kwargs) -> None:
+        if isinstance(encoder_config, dict):
+            encoder_config = WhisperConfig(**{k: v for k, v in encoder_config.items() if k != "model_type"})
+        if isinstance(llm_config, dict):
+            llm_config = AutoConfig.for_model(**llm_config)
+        if adapter not in ADAPTERS:
+            raise ValueError(f"adapter={adapter!r} is not one of {sorted(ADAPTERS)}")
+        if downsample_factor < 1:
+            raise ValueError(f"downsample_factor must be >= 1, got {downsample_factor}")
+        super().__init__(**kwargs)  # first: it would reset the sub-configs' attention implementation
+        self.encoder_config = encoder_config
+        self.llm_config = llm_config
+        self.downsample_factor = downsample_factor
+        self.adapter = adapter
+        self.trim_audio_tokens = trim_audio_tokens
+        self.lora = asdict(lora) if isinstance(lora, LoraSettings) else lora
+        self.freeze_encoder = freeze_encoder
+        self.audio_token_id = audio_token_id
+        self.audio_start_id = audio_start_id
+        self.audio_end_id = audio_end_id
+
+
+def _seed_name(native: str) -> str:
+    """peft-wrapped parameter name -> the seed's plain name."""
+    return native.replace(".base_layer.", ".").replace(".default.", ".")
+
+
+class BorealisForConditionalGeneration(PreTrainedModel):
+    """Frozen Whisper encoder + k-frame stacking + adapter + causal LM (optionally LoRA).
+
+    Build it from pretrained parts with `from_parts`, reload a saved one with
+    `from_pretrained`, or construct it from a `BorealisConfig` (random weights).
+    """
+
+    config_class = BorealisConfig
+    base_model_prefix = "borealis"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WhisperEncoderLayer", "Qwen3DecoderLayer"]
+
+    def __init__(self, config: BorealisConfig, *, encoder: WhisperEncoder | None = None,
+                 llm: PreTrainedModel | None = None, tokenizer=None) -> None:
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else WhisperEncoder(config.encoder_config)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.llm_config)
+        k, d = config.downsample_factor, config.encoder_config.d_model
+        self.adapter = ADAPTERS[config.adapter](k * d, config.llm_config.hidden_size)
+        self.features = WhisperLogMel.from_encoder_config(config.encoder_config)
+        if config.lora:
+            self._inject_lora(config.lora)
+        else:
+            self.llm.requires_grad_(True)
+        self.encoder.requires_grad_(not config.freeze_encoder)
+        if config.freeze_encoder:
+            self.encoder.eval()
+        self.tokenizer = tokenizer
+        self._prompts: PromptBuilder | None = None
+        self._loaded_lora = True
+        self.register_state_dict_post_hook(_to_seed_names)
+        self.register_load_state_dict_pre_hook(_from_seed_names)
+        self.register_load_state_dict_post_hook(_allow_missing_fresh_parts)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Each part initialises itself (HF parts in their own post_init, adapters in
+        # their constructors); nothing here may overwrite pretrained weights.
+        pass
+
+    def _inject_lora(self, lora: dict) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                         target_modules=list(lora["target_modules"]), bias="none")
+        inject_adapter_in_model(cfg, self.llm)
+        for name, p in self.llm.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_parts(cls, encoder: str, llm: str, *, downsample_factor: int = 4, adapter: str = "simple",
+                   trim_audio_tokens: bool = True, lora: LoraSettings | dict | None = None,
+                   freeze_encoder: bool = True, dtype: torch.dtype | None = None) -> BorealisForConditionalGeneration:
+        """Assemble a model from a Whisper checkpoint and a causal LM checkpoint.
+
+        Args:
+            encoder: hub id or local folder of a Whisper model (only the encoder is kept).
+            llm: hub id or local folder of a causal LM with its tokenizer.
+            dtype: weights dtype of the pretrained parts (None keeps the checkpoint's).
+        """
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        ids = add_audio_tokens(tokenizer)
+        whisper_encoder = WhisperModel.from_pretrained(encoder, dtype=dtype).get_encoder()
+        lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        lm.resize_token_embeddings(len(tokenizer))
+        config = BorealisConfig(
+            encoder_config=whisper_encoder.config, llm_config=lm.config, downsample_factor=downsample_factor,
+            adapter=adapter, trim_audio_tokens=trim_audio_tokens,
+            lora=asdict(lora) if isinstance(lora, LoraSettings) else lora, freeze_encoder=freeze_encoder,
+            audio_token_id=ids[AUDIO_TOKEN], audio_start_id=ids[AUDIO_START], audio_end_id=ids[AUDIO_END])
+        return cls(config, encoder=whisper_encoder, llm=lm, tokenizer=tokenizer)
+
+    def save_pretrained(self, save_directory: str | Path, **_: object) -> None:
+        """Write config.json, model.safetensors (seed names) and the tokenizer."""
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(out)
+        state = self.state_dict()
+        if getattr(self.config.llm_config, "tie_word_embeddings", False):
+            state.pop("llm.lm_head.weight", None)  # tied to embed_tokens; safetensors refuses aliases
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, out / WEIGHTS_NAME,
+                  metadata={"format": "pt", "borealis": "1"})
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, **_: object) -> BorealisForConditionalGeneration:
+        """Load a directory written by `save_pretrained` (strict: every weight must match)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path / WEIGHTS_NAME} not found: is {path} a Borealis model directory?")
+        config = BorealisConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
+        model = cls(config, tokenizer=tokenizer)
+        model.load_state_dict(load_file(path / WEIGHTS_NAME), strict=True)
+        if dtype is not None:
+            model.to(dtype)
+        return model.to(device) if device is not None else model
+
+    def train(self, mode: bool = True) -> BorealisForConditionalGeneration:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()  # frozen hard: no dropout, whatever the caller does
+        return self
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def prompts(self) -> PromptBuilder:
+        if self._prompts is None:
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer; build it with from_parts or load it with from_pretrained")
+            self._prompts = PromptBuilder(
+                self.tokenizer, downsample_factor=self.config.downsample_factor,
+                max_source_positions=self.config.encoder_config.max_source_positions,
+                trim_audio_tokens=self.config.trim_audio_tokens)
+        return self._prompts
+
+    def num_audio_tokens(self, num_samples: torch.Tensor) -> torch.Tensor:
+        from borealis.prompts import num_audio_tokens
+
+        return num_audio_tokens(num_samples, downsample_factor=self.config.downsample_factor,
+                                max_source_positions=self.config.encoder_config.max_source_positions,
+                                trim=self.config.trim_audio_tokens)
+
+    def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
+        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the full window."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            enc_dtype = next(self.encoder.parameters()).dtype
+            hidden = self.encoder(input_features.to(enc_dtype)).last_hidden_state  # (B, T_mel / 2, D)
+        stacked = stack_frames(hidden, self.config.downsample_factor)  # (B, N_max, k * D)
+        return self.adapter(stacked.to(self.adapter.w_in.weight.dtype))
+
+    def embed(self, input_ids: torch.Tensor, waveforms: torch.Tensor | None = None,
+              audio_lengths: torch.Tensor | None = None, input_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with adapter outputs written into the `<|AUDIO|>` slots.
+
+        Args:
+            input_ids: (B, L) prompt ids holding N_i `<|AUDIO|>` tokens per audio row.
+            waveforms: (A, S) padded 16 kHz audio of the A rows that have audio, in row order.
+            audio_lengths: (A,) valid samples per audio row.
+            input_features: (A, M, T_mel) precomputed log-mel, instead of waveforms.
+
+        Returns:
+            (B, L, H) input embeddings for the LLM.
+        """
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, H)
+        slots = input_ids == self.config.audio_token_id  # (B, L)
+        if waveforms is None and input_features is None:
+            if slots.any():
+                raise ValueError(f"input_ids hold {int(slots.sum())} {AUDIO_TOKEN} tokens but no audio was given")
+            return embeds
+        if audio_lengths is None:
+            raise ValueError("audio_lengths is required with audio: (A,) valid samples per clip")
+        if input_features is None:
+            input_features = self.features(waveforms, audio_lengths)  # (A, M, T_mel)
+        audio = self.encode_audio(input_features)  # (A, N_max, H)
+        n = self.num_audio_tokens(audio_lengths)  # (A,)
+        valid = torch.arange(audio.shape[1], device=audio.device) < n[:, None]  # (A, N_max)
+        if int(slots.sum()) != int(n.sum()):
+            raise ValueError(
+                f"the prompts hold {int(slots.sum())} {AUDIO_TOKEN} tokens but the audio gives {int(n.sum())} "
+                f"embeddings ({n.tolist()} per clip); build prompts with PromptBuilder.encode(num_samples=...) "
+                f"so each clip's placeholder expands to exactly its N tokens, in the same row order as the audio")
+        return embeds.masked_scatter(slots[..., None], audio[valid].to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, waveforms: torch.Tensor | None = None,
+                audio_lengths: torch.Tensor | None = None, input_features: torch.Tensor | None = None, **kwargs):
+        """LM loss (assistant tokens only, via `labels` = -100 elsewhere) and logits.
+
+        Args:
+            input_ids: (B, L); attention_mask: (B, L); labels: (B, L) with -100 on ignored tokens.
+            waveforms / audio_lengths / input_features: see `embed`.
+        """
+        embeds = self.embed(input_ids, waveforms, audio_lengths, input_features)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, audio: torch.Tensor | list[torch.Tensor] | None = None, user_prompt: str | None = None,
+                 system_prompt: str | None = None, max_new_tokens: int = 256, *,
+                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 waveforms: torch.Tensor | None = None, audio_lengths: torch.Tensor | None = None,
+                 **generate_kwargs) -> torch.Tensor:
+        """Greedy generation with the KV cache; returns (B, new_tokens) ids.
+
+        Two ways to call it:
+          * the seed's client API: `generate(audio=<1-D 16 kHz tensor or a list>, user_prompt="...
+            <|start_of_audio|><|end_of_audio|>", system_prompt="...", max_new_tokens=256)`;
+          * batched: left-padded `input_ids`/`attention_mask` from the collator plus
+            `waveforms`/`audio_lengths`.
+        """
+        if audio is not None:
+            input_ids, attention_mask, waveforms, audio_lengths = self._client_batch(audio, user_prompt, system_prompt)
+        if input_ids is None:
+            raise ValueError("generate needs either audio= and user_prompt= or input_ids=")
+        embeds = self.embed(input_ids, waveforms, audio_lengths)
+        prompts = self.prompts
+        generate_kwargs.setdefault("do_sample", False)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=prompts.eos_token_id, pad_token_id=prompts.pad_token_id,
+                                 **generate_kwargs)
+
+    def _client_batch(self, audio, user_prompt: str | None, system_prompt: str | None):
+        clips = [audio] if torch.is_tensor(audio) and audio.dim() == 1 else list(audio)
+        if user_prompt is None:
+            raise ValueError("user_prompt is required, e.g. 'What is this audio about? <|start_of_audio|><|end_of_audio|>'")
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages.append({"role": "user", "content": user_prompt})
+        encoded = [self.prompts.encode(messages, num_samples=len(c), generation=True) for c in clips]
+        device = self.adapter.w_in.weight.device
+        width = max(len(e.input_ids) for e in encoded)
+        pad = self.prompts.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(e.input_ids)) + e.input_ids for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e.input_ids)) + [1] * len(e.input_ids) for e in encoded], device=device)
+        lengths = torch.tensor([len(c) for c in clips], device=device)
+        waves = nn.utils.rnn.pad_sequence([c.float().reshape(-1).to(device) for c in clips], batch_first=True)
+        return ids, mask, waves, lengths
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        """Text of generated ids, special tokens removed."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer to decode with")
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ LoRA
+    def merge_lora(self) -> None:
+        """Fold LoRA into the base weights and drop the LoRA layers (for export/inference)."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.llm.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.llm.get_submodule(parent_name) if parent_name else self.llm, child,
+                        module.get_base_layer())
+        self.config.lora = None
+
+    def trainable_parameter_names(self) -> list[str]:
+        """Seed-style names of the parameters that train (what a checkpoint must hold)."""
+        return [_seed_name(n) for n, p in self.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------- state-dict hooks
+def _to_seed_names(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + _seed_name(key[len(prefix):])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
+
+
+def _from_seed_names(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    native = {_seed_name(n): n for n, _ in module.named_parameters(remove_duplicate=False)}
+    native.update({_seed_name(n): n for n, _ in module.named_buffers(remove_duplicate=False)})
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    module._loaded_lora = any(".lora_" in k for k in keys)
+    for key in keys:
+        target = native.get(key[len(prefix):])
+        if target is not None and prefix + target != key:
+            state_dict[prefix + target] = state_dict.pop(key)
+
+
+def _allow_missing_fresh_parts(module, incompatible) -> None:
+    """A base checkpoint carries no LoRA factors and may omit the tied lm_head."""
+    tied = getattr(module.config.llm_config, "tie_word_embeddings", False)
+    for key in list(incompatible.missing_keys):
+        if (".lora_" in key and not module._loaded_lora) or (tied and key.endswith("llm.lm_head.weight")):
+            incompatible.missing_keys.remove(key)
+

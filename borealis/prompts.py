@@ -1,0 +1,174 @@
+"""Special audio tokens, ChatML prompts and assistant-only loss masks.
+
+Every sample becomes a ChatML conversation (Qwen's format):
+
+    <|im_start|>system\n{system}<|im_end|>\n
+    <|im_start|>user\n{prompt} <|start_of_audio|><|AUDIO|>×N<|end_of_audio|><|im_end|>\n
+    <|im_start|>assistant\n{answer}<|im_end|>\n
+
+The conversation is tokenised segment by segment, so the label mask is known by
+construction: assistant content and its `<|im_end|>` carry loss, everything else is -100.
+The original research script found the assistant turn by scanning tokens per sample on
+every step; here it costs nothing, and it runs once per sample in the DataLoader workers.
+
+N, the number of `<|AUDIO|>` slots, comes from `num_audio_tokens`: with trimming it is the
+real audio length, ceil(mel_frames / 2 / k); without it, every clip gets the full window
+(375 for 30 s on Whisper-large-v3 with k = 4), as in the seed's pretrain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from borealis.features import HOP_LENGTH
+
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_START = "<|start_of_audio|>"
+AUDIO_END = "<|end_of_audio|>"
+AUDIO_PLACEHOLDER = AUDIO_START + AUDIO_END
+AUDIO_SPECIAL_TOKENS = (AUDIO_TOKEN, AUDIO_START, AUDIO_END)
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+IGNORE_INDEX = -100
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant."
+# The instruction each ASR sample is wrapped in, by language; `default` for the rest.
+ASR_PROMPTS = {
+    "en": "Transcribe the audio.",
+    "ru": "Расшифруй аудио.",
+    "default": "Transcribe the audio.",
+}
+
+
+def add_audio_tokens(tokenizer) -> dict[str, int]:
+    """Register the three audio tokens (idempotent) and return their ids."""
+    tokenizer.add_special_tokens({"additional_special_tokens": list(AUDIO_SPECIAL_TOKENS)},
+                                 replace_extra_special_tokens=False)
+    return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in AUDIO_SPECIAL_TOKENS}
+
+
+def num_audio_tokens(num_samples, *, downsample_factor: int, max_source_positions: int, trim: bool):
+    """`<|AUDIO|>` slots for a clip of `num_samples` at 16 kHz (int or tensor).
+
+    The encoder halves the mel frames (conv stride 2) and the downsampler stacks k frames,
+    padding the tail: N = ceil(frames / (2k)), capped by the encoder window.
+    """
+    full = -(-max_source_positions // downsample_factor)
+    if not trim:
+        return torch.full_like(num_samples, full) if torch.is_tensor(num_samples) else full
+    frames = num_samples // HOP_LENGTH
+    n = (frames + 2 * downsample_factor - 1) // (2 * downsample_factor)
+    return n.clamp(max=full) if torch.is_tensor(n) else min(n, full)
+
+
+def asr_messages(text: str | None, language: str | None) -> list[dict[str, str]]:
+    """The chat an ASR sample is trained on: instruction + audio, answer = transcript."""
+    prompt = ASR_PROMPTS.get(language or "default", ASR_PROMPTS["default"])
+    messages = [{"role": "user", "content": f"{prompt} {AUDIO_PLACEHOLDER}"}]
+    if text is not None:
+        messages.append({"role": "assistant", "content": text})
+    return messages
+
+
+def sample_messages(meta: dict, has_audio: bool) -> list[dict[str, str]]:
+    """Messages of a shard sample: its own `messages`, or the ASR chat built from `text`."""
+    if meta.get("messages"):
+        return list(meta["messages"])
+    if not has_audio:
+        raise ValueError(f"text-only sample {meta.get('key', '?')!r} has no 'messages'")
+    return asr_messages(meta.get("text"), meta.get("language"))
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: list[int]
+    labels: list[int]
+    reference: str | None  # the final assistant answer when it was held out for generation
+
+
+class PromptBuilder:
+    """Turns chats into token ids and labels for one tokenizer and one audio geometry.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with ChatML tokens; the audio tokens are added.
+        downsample_factor: frames stacked by the downsampler (k).
+        max_source_positions: encoder positions for the full window (1500 for 30 s).
+        trim_audio_tokens: N follows the real audio length instead of the full window.
+        system_prompt: system turn prepended to chats that have none ("" for none).
+    """
+
+    def __init__(self, tokenizer, *, downsample_factor: int = 4, max_source_positions: int = 1500,
+                 trim_audio_tokens: bool = True, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+        self.tokenizer = tokenizer
+        self.audio_ids = add_audio_tokens(tokenizer)
+        self.audio_token_id = self.audio_ids[AUDIO_TOKEN]
+        self.downsample_factor = downsample_factor
+        self.max_source_positions = max_source_positions
+        self.trim_audio_tokens = trim_audio_tokens
+        self.system_prompt = system_prompt
+        self.eos_token_id = tokenizer.convert_tokens_to_ids(IM_END)
+        if self.eos_token_id is None or self.eos_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {IM_END!r} token; Borealis prompts are ChatML")
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+
+    def num_audio_tokens(self, num_samples):
+        return num_audio_tokens(num_samples, downsample_factor=self.downsample_factor,
+                                max_source_positions=self.max_source_positions, trim=self.trim_audio_tokens)
+
+    def _tok(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def encode(self, messages: Sequence[dict[str, str]], *, num_samples: int | None = None,
+               generation: bool = False) -> EncodedPrompt:
+        """Token ids and labels of a chat.
+
+        Args:
+            messages: [{"role", "content"}]; exactly one user turn holds `AUDIO_PLACEHOLDER`
+                when `num_samples` is given, none otherwise.
+            num_samples: audio length at 16 kHz, or None for a text-only chat.
+            generation: drop the final assistant turn (returned as `reference`) and end with
+                the assistant header, ready for `generate`.
+        """
+        messages = list(messages)
+        if messages and messages[0]["role"] != "system" and self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        reference = None
+        if generation and messages and messages[-1]["role"] == "assistant":
+            reference = messages.pop()["content"]
+        holders = sum(m["content"].count(AUDIO_PLACEHOLDER) for m in messages)
+        expected = 0 if num_samples is None else 1
+        if holders != expected:
+            raise ValueError(
+                f"a prompt needs {expected} audio placeholder(s) {AUDIO_PLACEHOLDER!r} "
+                f"({'audio' if num_samples is not None else 'no audio'} given), found {holders}; "
+                "write exactly one placeholder in the user turn of an audio sample")
+
+        # Segments: (text, carries_loss). The placeholder splits its turn in two.
+        segments: list[tuple[str, bool]] = []
+        for m in messages:
+            segments.append((f"{IM_START}{m['role']}\n", False))
+            body, trained = m["content"], m["role"] == "assistant"
+            if AUDIO_PLACEHOLDER in body:
+                before, after = body.split(AUDIO_PLACEHOLDER)
+                segments += [(before, False), (AUDIO_PLACEHOLDER, False), (after + IM_END, False)]
+            else:
+                segments.append((body + IM_END, trained))
+            segments.append(("\n", False))
+        if generation:
+            segments.append((f"{IM_START}assistant\n", False))
+
+        pieces = self._tok([text for text, _ in segments if text != AUDIO_PLACEHOLDER])
+        input_ids: list[int] = []
+        labels: list[int] = []
+        it = iter(pieces)
+        for text, trained in segments:
+            if text == AUDIO_PLACEHOLDER:
+                n = int(self.num_audio_tokens(num_samples))
+                ids = [self.audio_ids[AUDIO_START]] + [self.audio_token_id] * n + [self.audio_ids[AUDIO_END]]
+            else:
+                ids = next(it)
+            input_ids += ids
+            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        return EncodedPrompt(input_ids, labels, reference)

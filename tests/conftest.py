@@ -1,0 +1,86 @@
+"""Tiny, deterministic Whisper/Qwen3 parts built in code and saved to local folders.
+
+Everything loads through the same `from_pretrained` code the flagship uses with hub ids;
+nothing is downloaded (HF_HUB_OFFLINE=1). Sizes are the smallest that keep every code path
+real: 2 layers each, widths divisible by the head counts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_TEXT = [
+    "zero one two three four five six seven eight nine",
+    "ноль один два три четыре пять шесть семь восемь девять",
+    "Transcribe the audio. Расшифруй аудио. You are a helpful voice assistant.",
+    "turn on the light open the door what is the first word how many words",
+]
+
+
+def build_tokenizer(texts=TINY_TEXT):
+    """A byte-level BPE tokenizer with Qwen's ChatML special tokens (vocab ~300)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def tiny_whisper_config(max_source_positions: int = 100):
+    from transformers import WhisperConfig
+
+    return WhisperConfig(
+        num_mel_bins=80,                 # Whisper <= v2 mel bins (large-v3 uses 128)
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,  # unused, kept minimal
+        max_source_positions=max_source_positions,  # 100 positions = 200 mel frames = 2 s window
+        vocab_size=64, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+
+
+def tiny_qwen3_config(vocab_size: int):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12,  # GQA like Qwen3-4B (32q/8kv)
+        max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=0.3,  # large enough that frozen embeddings can express confident logits (LoRA-only runs)
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory):
+    """(encoder_dir, llm_dir): a random tiny Whisper and a tiny Qwen3 + tokenizer on disk."""
+    from transformers import Qwen3ForCausalLM, WhisperModel
+
+    root = tmp_path_factory.mktemp("tiny_parts")
+    torch.manual_seed(0)
+    WhisperModel(tiny_whisper_config()).save_pretrained(root / "whisper")
+    tok = build_tokenizer()
+    Qwen3ForCausalLM(tiny_qwen3_config(len(tok))).save_pretrained(root / "qwen3")
+    tok.save_pretrained(root / "qwen3")
+    return root / "whisper", root / "qwen3"
+
+
+@pytest.fixture()
+def tiny_model(tiny_parts):
+    from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
+
+    torch.manual_seed(0)
+    enc, llm = tiny_parts
+    return BorealisForConditionalGeneration.from_parts(
+        str(enc), str(llm), lora=LoraSettings(r=4, alpha=8, dropout=0.0))

@@ -1,0 +1,172 @@
+"""Contract tests of the audio-LLM: freezing, splice, trimming, save/load, generation."""
+
+import pytest
+import torch
+
+from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
+from borealis.prompts import AUDIO_PLACEHOLDER, IGNORE_INDEX, num_audio_tokens
+
+SR = 16000
+
+
+def _batch(model, seconds=(1.0, 0.6), answers=("one two three", "five")):
+    """Right-padded training batch, one ASR chat per clip."""
+    encoded, waves = [], []
+    g = torch.Generator().manual_seed(0)
+    for sec, answer in zip(seconds, answers):
+        n = int(sec * SR)
+        waves.append(torch.randn(n, generator=g) * 0.1)
+        chat = [{"role": "user", "content": f"Transcribe the audio. {AUDIO_PLACEHOLDER}"},
+                {"role": "assistant", "content": answer}]
+        encoded.append(model.prompts.encode(chat, num_samples=n))
+    width = max(len(e.input_ids) for e in encoded)
+    pad = model.prompts.pad_token_id
+    ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded])
+    labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded])
+    lengths = torch.tensor([len(w) for w in waves])
+    return dict(input_ids=ids, attention_mask=mask, labels=labels,
+                waveforms=torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), audio_lengths=lengths)
+
+
+def test_one_step_changes_only_trainable_weights(tiny_model):
+    model = tiny_model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = set(model.trainable_parameter_names())
+    assert trainable, "LoRA and adapter must train"
+    assert all(".lora_" in n or n.startswith("adapter.") for n in trainable)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**_batch(model)).loss.backward()
+    opt.step()
+    after = model.state_dict()
+    for name in before:
+        changed = not torch.equal(before[name], after[name])
+        if name.startswith("encoder.") or (name.startswith("llm.") and ".lora_" not in name):
+            assert not changed, f"frozen {name} changed"
+    assert not torch.equal(before["adapter.w_in.weight"], after["adapter.w_in.weight"])
+    assert any(not torch.equal(before[n], after[n]) for n in trainable if ".lora_B" in n)
+
+
+def test_encoder_stays_frozen_through_train(tiny_model):
+    tiny_model.train()
+    assert not tiny_model.encoder.training
+    assert not any(p.requires_grad for p in tiny_model.encoder.parameters())
+
+
+def test_unfreeze_encoder_flag(tiny_parts):
+    enc, llm = tiny_parts
+    model = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), lora=None, freeze_encoder=False).train()
+    assert model.encoder.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_placeholder_embedding_mismatch_raises(tiny_model):
+    batch = _batch(tiny_model)
+    batch["audio_lengths"] = batch["audio_lengths"] - 4000  # fewer audio frames than slots
+    with pytest.raises(ValueError, match="PromptBuilder.encode"):
+        tiny_model(**batch)
+
+
+def test_prompt_needs_exactly_one_placeholder(tiny_model):
+    with pytest.raises(ValueError, match="placeholder"):
+        tiny_model.prompts.encode([{"role": "user", "content": "no audio here"}], num_samples=SR)
+
+
+def test_trimming_counts():
+    # tiny clip on large-v3 shapes: 0.5 s = 50 mel frames -> ceil(50 / 8) = 7 slots
+    assert num_audio_tokens(8000, downsample_factor=4, max_source_positions=1500, trim=True) == 7
+    assert num_audio_tokens(30 * SR, downsample_factor=4, max_source_positions=1500, trim=True) == 375
+    assert num_audio_tokens(8000, downsample_factor=4, max_source_positions=1500, trim=False) == 375
+    lengths = torch.tensor([8000, 30 * SR, 40 * SR])
+    assert num_audio_tokens(lengths, downsample_factor=4, max_source_positions=1500, trim=True).tolist() == [7, 375, 375]
+
+
+def test_untrimmed_prompt_has_full_window(tiny_parts):
+    enc, llm = tiny_parts
+    model = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), trim_audio_tokens=False)
+    e = model.prompts.encode([{"role": "user", "content": AUDIO_PLACEHOLDER}], num_samples=1600)
+    assert e.input_ids.count(model.config.audio_token_id) == 100 // 4  # tiny encoder: 100 positions / k
+
+
+def test_labels_cover_exactly_assistant_tokens(tiny_model):
+    p = tiny_model.prompts
+    e = p.encode([{"role": "user", "content": f"hi {AUDIO_PLACEHOLDER}"}, {"role": "assistant", "content": "one two"}],
+                 num_samples=SR)
+    trained = [t for t, l in zip(e.input_ids, e.labels) if l != IGNORE_INDEX]
+    assert trained == p.tokenizer("one two", add_special_tokens=False)["input_ids"] + [p.eos_token_id]
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    model = tiny_model.eval()
+    with torch.no_grad():
+        model.adapter.w_in.weight.normal_()
+        for n, p in model.named_parameters():
+            if ".lora_B" in n:
+                p.normal_(std=0.1)  # make LoRA non-trivial, so a lost LoRA weight shows
+    batch = _batch(model)
+    model.save_pretrained(tmp_path)
+    again = BorealisForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, again(**batch).logits, atol=1e-6)
+
+
+def test_seed_state_dict_loads_strict(tiny_model):
+    # The seed's module had plain names and no peft wrapping; its base checkpoint has no LoRA.
+    seed = {k: v for k, v in tiny_model.state_dict().items() if ".lora_" not in k}
+    assert "llm.model.layers.0.self_attn.q_proj.weight" in seed
+    assert not any("base_layer" in k for k in seed)
+    tiny_model.load_state_dict(seed, strict=True)
+    seed.pop("adapter.w_in.weight")
+    with pytest.raises(RuntimeError, match="adapter.w_in.weight"):
+        tiny_model.load_state_dict(seed, strict=True)
+
+
+def test_lora_merge_gives_same_logits(tiny_model):
+    model = tiny_model.eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B" in n:
+                p.normal_(std=0.1)
+    batch = _batch(model)
+    with torch.no_grad():
+        before = model(**batch).logits
+        model.merge_lora()
+        after = model(**batch).logits
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert (before - after).abs().max() < 1e-4 * before.abs().max(), (before - after).abs().max()
+
+
+def test_batched_generate_equals_one_by_one(tiny_model):
+    model = tiny_model.eval()
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.normal_(std=0.5)  # make the output depend strongly on the audio
+    g = torch.Generator().manual_seed(1)
+    clips = [torch.randn(int(s * SR), generator=g) * 0.1 for s in (0.4, 1.3, 0.9)]
+    prompt = f"What is this audio about? {AUDIO_PLACEHOLDER}"
+    batched = model.generate(audio=clips, user_prompt=prompt, system_prompt="You are a helpful voice assistant.",
+                             max_new_tokens=6)
+    for i, clip in enumerate(clips):
+        single = model.generate(audio=clip, user_prompt=prompt, system_prompt="You are a helpful voice assistant.",
+                                max_new_tokens=6)
+        n = single.shape[1]
+        assert batched[i, :n].tolist() == single[0].tolist()
+    assert isinstance(model.decode(batched[0]), str)
+
+
+def test_overfit_one_batch(tiny_parts):
+    enc, llm = tiny_parts
+    torch.manual_seed(0)
+    model = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), lora=LoraSettings(r=16, alpha=32, dropout=0.0))
+    model.train()
+    batch = _batch(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = None
+    for _ in range(300):
+        loss = model(**batch).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.02:
+            break
+    assert first > 3 and loss.item() < 0.05

@@ -1,0 +1,28 @@
+"""The seed's numbers, measured on Borealis-5B built on the meta device."""
+
+from borealis.paper import format_table, paper_numbers
+
+
+def test_paper_table_matches_the_seed():
+    n = paper_numbers()
+    assert n["encoder_out"] == (1500, 1280)
+    assert n["stacked"] == (375, 5120)
+    assert n["adapter_out"] == (375, 2560)
+    assert n["adapter_params"] == 5120 * 2560 + 2560 * 2560  # 19.66M
+    assert round(n["adapter_params"] / 1e6, 2) == 19.66
+    assert n["vocab"] == 151669 + 3
+    assert n["prompt_tokens_30s"] == 377
+    assert 4.8e9 < n["total_params"] < 5.4e9
+    # default LoRA (configs/it_fresh.yaml) + adapter lands near the seed's ~500M trainable
+    assert 0.45e9 < n["trainable_params"] < 0.6e9
+    assert n["trainable_params"] == n["lora_params"] + n["adapter_params"]
+    table = format_table(n)
+    assert "377" in table and "19.66M" in table
+
+
+def test_deep_adapter_is_about_80m():
+    from borealis.paper import build_meta_model
+
+    model = build_meta_model(adapter="deep")
+    params = sum(p.numel() for p in model.adapter.parameters())
+    assert 75e6 < params < 85e6
