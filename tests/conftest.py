@@ -84,3 +84,38 @@ def tiny_model(tiny_parts):
     enc, llm = tiny_parts
     return BorealisForConditionalGeneration.from_parts(
         str(enc), str(llm), lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+
+
+def tone(sample_id: int, seconds: float, sr: int = 16000):
+    """Traceable audio: a sine whose frequency encodes the sample id (200 Hz + 10 Hz * id)."""
+    import numpy as np
+
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * (200 + 10 * sample_id) * t)).astype(np.float32)
+
+
+def tone_id(wave, sr: int = 16000) -> int:
+    """Inverse of `tone`: the sample id from the spectral peak."""
+    import numpy as np
+
+    spectrum = np.abs(np.fft.rfft(wave))
+    freq = np.argmax(spectrum) * sr / len(wave)
+    return int(round((freq - 200) / 10))
+
+
+def make_pool(out, name: str, ids, *, language: str = "en", text_only: bool = False, max_samples: int = 10,
+              seconds=lambda i: 0.2 + 0.05 * (i % 5)):
+    """A shard pool of tone samples `{name}-{id}` whose transcript spells the id."""
+    from borealis.shards import ShardWriter
+
+    with ShardWriter(out, max_samples=max_samples) as w:
+        for i in ids:
+            words = " ".join("zero one two three four five six seven eight nine".split()[int(c)] for c in str(i))
+            if text_only:
+                meta = {"task": "chat", "language": language, "source": name,
+                        "messages": [{"role": "user", "content": f"spell {i}"}, {"role": "assistant", "content": words}]}
+                w.write(f"{name}-{i}", meta)
+            else:
+                w.write(f"{name}-{i}", {"text": words, "language": language, "source": name, "task": "asr"},
+                        tone(i, seconds(i)))
+    return out

@@ -1,0 +1,37 @@
+"""The `borealis` command: LightningCLI over BorealisLightningModule + BorealisDataModule.
+
+    borealis fit --config configs/it_fresh.yaml
+    borealis validate --config configs/demo.yaml --ckpt_path demo/runs/checkpoints/last.ckpt
+    borealis predict --config configs/demo.yaml --ckpt_path ...
+    borealis fit --help            # every option, from the constructors' docstrings
+
+The model's prompt builder (tokenizer + audio token geometry) is linked into the data
+module at instantiation, so the two can never disagree about token ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lightning.pytorch.cli import LightningCLI
+
+from borealis.data import BorealisDataModule
+from borealis.module import BorealisLightningModule
+
+
+class BorealisCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model", "data.prompt_builder", compute_fn=lambda m: m.prompt_builder,
+                              apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> BorealisCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return BorealisCLI(BorealisLightningModule, BorealisDataModule, args=args,
+                       save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+
+
+if __name__ == "__main__":
+    main()

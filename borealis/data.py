@@ -1,0 +1,387 @@
+"""LightningDataModule: mixed shard streams for training, exact benchmark sets for validation.
+
+Training streams (`MixtureStream`, an IterableDataset):
+  * every (node, rank, worker) is one *slot*; each epoch the shards of a pool are shuffled
+    with a seed shared by all slots and dealt out round-robin, so no two slots read the
+    same shard (or, with fewer shards than slots, the same samples of a shard);
+  * a slot cycles through its shards forever ("resampled") through a seeded shuffle
+    buffer; pools are mixed by weight and text-only chats are drawn with `text_ratio`;
+  * samples are bucketed by length and cut into batches by a token or audio-seconds budget;
+  * every rank yields exactly `batches_per_epoch` batches, so DDP never waits on a rank
+    that ran dry.
+Randomness is a pure function of (seed, epoch, slot): reruns reproduce, workers differ.
+
+Validation (`BenchmarkSet`, map-style) indexes each benchmark's tar members once, sorts by
+duration, cuts batches, and deals them to ranks; ranks short of a batch get a *pad* batch
+whose rows are flagged `is_pad` and never scored. Every sample is scored exactly once.
+
+Collation runs in the workers: the chat template with the audio placeholder expanded
+(`prompts.PromptBuilder`), assistant-only labels, right padding for training and left
+padding for generation, waveforms of the audio rows padded with their lengths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from borealis.prompts import IGNORE_INDEX, PromptBuilder, sample_messages
+from borealis.shards import SAMPLE_RATE, SampleRef, index_samples, iter_shard, list_shards, read_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pool:
+    """A named training pool.
+
+    Args:
+        name: label used in logs and batch accounting.
+        shards: a pool folder (with index.json) or a glob of .tar shards.
+        weight: relative share among the speech pools.
+    """
+
+    name: str
+    shards: str
+    weight: float = 1.0
+
+
+@dataclass
+class Batching:
+    """How samples are grouped into batches. Set exactly one budget.
+
+    Args:
+        batch_size: fixed number of samples per batch.
+        max_tokens_per_batch: budget of padded LLM tokens (rows x longest row).
+        max_seconds_per_batch: budget of padded audio seconds (rows x longest clip).
+        max_batch_size: cap on rows whatever the budget.
+        bucket_size: samples sorted together by length before cutting batches (training).
+    """
+
+    batch_size: int | None = None
+    max_tokens_per_batch: int | None = None
+    max_seconds_per_batch: float | None = None
+    max_batch_size: int = 64
+    bucket_size: int = 256
+
+    def __post_init__(self) -> None:
+        set_ = [n for n in ("batch_size", "max_tokens_per_batch", "max_seconds_per_batch") if getattr(self, n)]
+        if len(set_) != 1:
+            raise ValueError(f"batching needs exactly one of batch_size, max_tokens_per_batch, "
+                             f"max_seconds_per_batch; got {set_ or 'none'}")
+
+    def cut(self, items: Sequence[dict]) -> list[list[dict]]:
+        """Split length-sorted items into batches within the budget."""
+        batches: list[list[dict]] = []
+        current: list[dict] = []
+        longest = 0.0
+        for item in items:
+            size = self._size(item)
+            grown = max(longest, size) * (len(current) + 1)
+            full = (len(current) >= (self.batch_size or self.max_batch_size)
+                    or (self.batch_size is None and current and grown > self._budget()))
+            if full:
+                batches.append(current)
+                current, longest = [], 0.0
+            current.append(item)
+            longest = max(longest, size)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _size(self, item: dict) -> float:
+        if self.max_tokens_per_batch:
+            return len(item["input_ids"])
+        return item["num_samples"] / SAMPLE_RATE
+
+    def _budget(self) -> float:
+        return self.max_tokens_per_batch or self.max_seconds_per_batch
+
+
+def slot_units(num_shards: int, num_slots: int, slot: int) -> list[tuple[int, int, int]]:
+    """The (shard, part, parts) units one slot reads in an epoch.
+
+    With at least as many shards as slots, slot s reads shards s, s + S, ... (whole).
+    With fewer, shard i is shared by the slots s = i (mod n), each taking every parts-th sample.
+    """
+    if num_shards >= num_slots:
+        return [(i, 0, 1) for i in range(slot, num_shards, num_slots)]
+    shard = slot % num_shards
+    parts = len(range(shard, num_slots, num_shards))
+    return [(shard, slot // num_shards, parts)]
+
+
+def _slot_info(rank: int, world_size: int) -> tuple[int, int, int, int]:
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info else (0, 1)
+    return rank * nw + wid, world_size * nw, wid, nw
+
+
+def _read_units(shards: Sequence[Path], units: Sequence[tuple[int, int, int]]) -> Iterator[dict]:
+    for shard_idx, part, parts in units:
+        for j, sample in enumerate(iter_shard(shards[shard_idx])):
+            if j % parts == part:
+                yield sample
+
+
+def encode_sample(sample: dict, prompts: PromptBuilder, *, generation: bool = False) -> dict:
+    """A decoded shard sample -> token ids, labels and audio, ready to collate."""
+    audio = sample["audio"]
+    num = None if audio is None else len(audio)
+    enc = prompts.encode(sample_messages(sample["meta"], audio is not None), num_samples=num, generation=generation)
+    meta = sample["meta"]
+    return {"key": sample["key"], "input_ids": enc.input_ids, "labels": enc.labels, "audio": audio,
+            "num_samples": num or 0, "reference": enc.reference if generation else meta.get("text"),
+            "language": meta.get("language"), "source": meta.get("source"), "pool": sample.get("pool")}
+
+
+def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False) -> dict:
+    """Pad a list of encoded samples into a batch.
+
+    Returns input_ids / attention_mask / labels (B, L); waveforms (A, S) and audio_lengths
+    (A,) for the A rows that carry audio, in row order (None when none do); plus keys,
+    references, languages, pools, and is_pad (B,).
+    """
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it["input_ids"])
+        cols = slice(width - n, width) if left_pad else slice(0, n)
+        ids[i, cols] = torch.tensor(it["input_ids"])
+        labels[i, cols] = torch.tensor(it["labels"])
+        mask[i, cols] = 1
+    clips = [torch.from_numpy(np.asarray(it["audio"], dtype=np.float32)) for it in items if it["audio"] is not None]
+    waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True) if clips else None
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long) if clips else None
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "waveforms": waveforms,
+            "audio_lengths": lengths, "keys": [it["key"] for it in items],
+            "references": [it.get("reference") for it in items], "languages": [it.get("language") for it in items],
+            "pools": [it.get("pool") for it in items],
+            "is_pad": torch.tensor([bool(it.get("is_pad")) for it in items])}
+
+
+class MixtureStream(IterableDataset):
+    """Endless, seeded mixture of shard pools, cut into `batches_per_epoch` batches per rank."""
+
+    def __init__(self, pools: Sequence[Pool], prompts: PromptBuilder, batching: Batching, *,
+                 text_shards: str | None = None, text_ratio: float = 0.0, batches_per_epoch: int = 1000,
+                 shuffle_buffer: int = 1000, min_seconds: float = 0.0, max_seconds: float = 30.0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.pools = [(p.name, list_shards(p.shards), p.weight) for p in pools]
+        self.text = list_shards(text_shards) if text_shards and text_ratio > 0 else None
+        self.weights = np.array([w for _, _, w in self.pools], dtype=float)
+        self.weights /= self.weights.sum()
+        self.text_ratio = text_ratio
+        self.prompts, self.batching = prompts, batching
+        self.batches_per_epoch = batches_per_epoch
+        self.shuffle_buffer, self.min_seconds, self.max_seconds = shuffle_buffer, min_seconds, max_seconds
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = torch.zeros(1, dtype=torch.long).share_memory_()  # read by workers at each epoch start
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _pool_samples(self, idx: int, shards: Sequence[Path], name: str, slot: int, slots: int,
+                      rng: np.random.Generator, epoch: int) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for cycle in itertools.count():
+            order = np.random.default_rng([self.seed, epoch, cycle, idx]).permutation(len(shards))
+            units = slot_units(len(shards), slots, slot)
+            for sample in _read_units([shards[i] for i in order], units):
+                dur = sample["duration"]
+                if sample["audio"] is not None and not self.min_seconds <= dur <= self.max_seconds:
+                    continue
+                sample["pool"] = name
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], sample = sample, buffer[j]
+                yield sample
+
+    def __iter__(self) -> Iterator[dict]:
+        slot, slots, wid, nw = _slot_info(self.rank, self.world_size)
+        epoch = int(self.epoch.item())
+        rng = np.random.default_rng([self.seed, epoch, slot, 1])
+        streams = [self._pool_samples(i, shards, name, slot, slots, rng, epoch)
+                   for i, (name, shards, _) in enumerate(self.pools)]
+        text = self._pool_samples(len(self.pools), self.text, "text", slot, slots, rng, epoch) if self.text else None
+        quota = self.batches_per_epoch // nw + (wid < self.batches_per_epoch % nw)
+        pending: list[list[dict]] = []
+        while quota > 0:
+            if not pending:
+                bucket = []
+                for _ in range(self.batching.bucket_size):
+                    if text is not None and rng.random() < self.text_ratio:
+                        sample = next(text)
+                    else:
+                        sample = next(streams[int(rng.choice(len(streams), p=self.weights))])
+                    bucket.append(encode_sample(sample, self.prompts))
+                bucket.sort(key=self.batching._size)
+                pending = self.batching.cut(bucket)
+                pending = [pending[i] for i in rng.permutation(len(pending))]
+            yield collate(pending.pop(), self.prompts.pad_token_id)
+            quota -= 1
+
+
+class BenchmarkSet(Dataset):
+    """Map-style view of a benchmark's samples for exact, batched generation."""
+
+    def __init__(self, name: str, shards: str, prompts: PromptBuilder) -> None:
+        self.name, self.prompts = name, prompts
+        self.refs: list[SampleRef] = index_samples(list_shards(shards))
+        if not self.refs:
+            raise ValueError(f"benchmark {name!r}: no samples in {shards!r}")
+        self.durations = [_ref_duration(r) for r in self.refs]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> dict:
+        pad = index < 0  # pad rows (see RankBatches) re-read a real sample and are never scored
+        item = encode_sample(read_sample(self.refs[-index - 1 if pad else index]), self.prompts, generation=True)
+        item["is_pad"] = pad
+        return item
+
+
+def _ref_duration(ref: SampleRef) -> float:
+    offset, size = ref.members["json"]
+    with open(ref.shard, "rb") as f:
+        f.seek(offset)
+        return float(json.loads(f.read(size)).get("duration", 0.0))
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """Duration-sorted batches of a benchmark, dealt to ranks; short ranks get pad batches."""
+
+    def __init__(self, durations: Sequence[float], batching: Batching, rank: int = 0, world_size: int = 1) -> None:
+        if batching.max_tokens_per_batch:
+            raise ValueError("val_batching takes batch_size or max_seconds_per_batch (token counts are not "
+                             "known before a benchmark sample is read)")
+        order = sorted(range(len(durations)), key=lambda i: -durations[i])
+        items = [{"i": i, "num_samples": durations[i] * SAMPLE_RATE} for i in order]
+        batches = [[it["i"] for it in b] for b in batching.cut(items)]
+        per_rank = math.ceil(len(batches) / world_size)
+        mine = batches[rank::world_size]
+        self.batches = mine + [[-1 - i for i in batches[0]]] * (per_rank - len(mine))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class BorealisDataModule(L.LightningDataModule):
+    """Shard pools in, padded batches out.
+
+    Args:
+        train_pools: speech (and instruction) pools, mixed by weight.
+        text_pool: pool of text-only chats (folder or glob), drawn with `text_ratio`.
+        text_ratio: share of text-only samples in training (the seed: 10-15% helps, 25% hurts).
+        val_sets: benchmark name -> shards; one validation dataloader each, scored exactly once.
+        predict_sets: name -> shards for `borealis predict`.
+        batching: training batch composition.
+        val_batching: validation/predict batch composition.
+        batches_per_epoch: training batches per rank per epoch (all ranks run the same number).
+        shuffle_buffer: samples held per pool and worker for shuffling.
+        min_seconds: drop shorter training clips.
+        max_seconds: drop longer training clips (the encoder window is 30 s).
+        num_workers: DataLoader worker processes per rank.
+        seed: base seed of every shuffle and mixture draw.
+        prompt_builder: linked from the model by the CLI (tokenizer + audio geometry).
+    """
+
+    def __init__(self, train_pools: list[Pool] | None = None, text_pool: str | None = None, text_ratio: float = 0.0,
+                 val_sets: dict[str, str] | None = None, predict_sets: dict[str, str] | None = None,
+                 batching: Batching | None = None, val_batching: Batching | None = None,
+                 batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
+                 max_seconds: float = 30.0, num_workers: int = 2, seed: int = 0,
+                 prompt_builder: PromptBuilder | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= text_ratio < 1.0:
+            raise ValueError(f"text_ratio must be in [0, 1), got {text_ratio}")
+        if text_ratio > 0 and not text_pool:
+            raise ValueError("text_ratio > 0 needs text_pool")
+        self.train_pools = train_pools or []
+        self.text_pool, self.text_ratio = text_pool, text_ratio
+        self.val_sets, self.predict_sets = dict(val_sets or {}), dict(predict_sets or {})
+        self.batching = batching or Batching(batch_size=8)
+        self.val_batching = val_batching or Batching(batch_size=16)
+        self.batches_per_epoch, self.shuffle_buffer = batches_per_epoch, shuffle_buffer
+        self.min_seconds, self.max_seconds = min_seconds, max_seconds
+        self.num_workers, self.seed = num_workers, seed
+        self.prompt_builder = prompt_builder
+        self.train_stream: MixtureStream | None = None
+        self.benchmarks: dict[str, BenchmarkSet] = {}
+
+    def _dist(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _need_prompts(self) -> PromptBuilder:
+        if self.prompt_builder is None:
+            raise ValueError("BorealisDataModule needs prompt_builder (the CLI links it from the model)")
+        return self.prompt_builder
+
+    def setup(self, stage: str) -> None:
+        prompts = self._need_prompts()
+        rank, world = self._dist()
+        if stage == "fit" and self.train_stream is None:
+            if not self.train_pools:
+                raise ValueError("data.train_pools is empty: name at least one pool to train on")
+            self.train_stream = MixtureStream(
+                self.train_pools, prompts, self.batching, text_shards=self.text_pool, text_ratio=self.text_ratio,
+                batches_per_epoch=self.batches_per_epoch, shuffle_buffer=self.shuffle_buffer,
+                min_seconds=self.min_seconds, max_seconds=self.max_seconds, seed=self.seed, rank=rank,
+                world_size=world)
+        sets = self.predict_sets if stage == "predict" else self.val_sets
+        for name, shards in sets.items():
+            if name not in self.benchmarks:
+                self.benchmarks[name] = BenchmarkSet(name, shards, prompts)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.train_stream is not None:
+            self.train_stream.set_epoch(epoch)
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_stream, batch_size=None)
+
+    def _benchmark_loaders(self, names: Sequence[str]) -> list[DataLoader]:
+        rank, world = self._dist()
+        pad = self._need_prompts().pad_token_id
+        loaders = []
+        for name in names:
+            ds = self.benchmarks[name]
+            loaders.append(self._loader(ds, batch_sampler=RankBatches(ds.durations, self.val_batching, rank, world),
+                                        collate_fn=partial(collate, pad_token_id=pad, left_pad=True)))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders(list(self.val_sets))
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders(list(self.val_sets))
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders(list(self.predict_sets))

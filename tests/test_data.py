@@ -1,0 +1,124 @@
+"""Data contracts: mixture shares, exact validation coverage, label masks, rank balance."""
+
+from collections import Counter
+
+import pytest
+import torch
+from conftest import build_tokenizer, make_pool, tone_id
+from torch.utils.data import DataLoader
+
+from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, slot_units
+from borealis.prompts import IGNORE_INDEX, PromptBuilder
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return PromptBuilder(build_tokenizer(), downsample_factor=4, max_source_positions=100)
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pools")
+    make_pool(root / "a", "a", range(0, 120), max_samples=12)
+    make_pool(root / "b", "b", range(200, 260), language="ru", max_samples=12)
+    make_pool(root / "text", "t", range(0, 60), text_only=True, max_samples=12)
+    make_pool(root / "bench", "v", range(0, 37), max_samples=5)  # odd count: ranks get uneven shares
+    return root
+
+
+def test_slot_units_cover_every_shard_once():
+    for shards, slots in [(10, 4), (3, 8), (4, 4), (1, 3)]:
+        seen = Counter()
+        for s in range(slots):
+            for shard, part, parts in slot_units(shards, slots, s):
+                seen[(shard, part, parts)] += 1
+        assert all(v == 1 for v in seen.values())
+        assert {sh for sh, _, _ in seen} == set(range(shards))
+        for shard in range(shards):  # every part of a shared shard is read by some slot
+            parts = {(p, n) for sh, p, n in seen if sh == shard}
+            n = next(iter(parts))[1]
+            assert {p for p, _ in parts} == set(range(n))
+
+
+def test_mixture_weights_and_text_ratio(pools, prompts):
+    stream = MixtureStream([Pool("a", str(pools / "a"), 3.0), Pool("b", str(pools / "b"), 1.0)], prompts,
+                           Batching(batch_size=8, bucket_size=64), text_shards=str(pools / "text"), text_ratio=0.2,
+                           batches_per_epoch=100, shuffle_buffer=20, seed=3)
+    counts = Counter(p for batch in stream for p in batch["pools"])
+    total = sum(counts.values())
+    assert total == 800
+    assert abs(counts["text"] / total - 0.2) < 0.04
+    assert abs(counts["a"] / (counts["a"] + counts["b"]) - 0.75) < 0.05
+
+
+def test_batches_trace_back_to_their_audio_and_labels(pools, prompts):
+    stream = MixtureStream([Pool("a", str(pools / "a"))], prompts, Batching(max_seconds_per_batch=2.0),
+                           text_shards=str(pools / "text"), text_ratio=0.3, batches_per_epoch=6, shuffle_buffer=8)
+    tok = prompts.tokenizer
+    for batch in stream:
+        audio_rows = [i for i, k in enumerate(batch["keys"]) if k.startswith("a-")]
+        # each waveform row is the tone of its key, in row order
+        for row, i in enumerate(audio_rows):
+            n = batch["audio_lengths"][row]
+            assert tone_id(batch["waveforms"][row, :n].numpy()) == int(batch["keys"][i].split("-")[1])
+        # padded audio seconds stay within the budget
+        assert batch["waveforms"] is None or batch["waveforms"].shape[1] * len(audio_rows) / 16000 <= 2.0 + 0.45
+        for i in range(len(batch["keys"])):
+            ids, labels = batch["input_ids"][i], batch["labels"][i]
+            trained = ids[labels != IGNORE_INDEX].tolist()
+            answer = tok.decode(trained[:-1])
+            assert trained[-1] == prompts.eos_token_id
+            if batch["keys"][i].startswith("a-"):
+                assert answer == batch["references"][i]
+            assert (batch["input_ids"][i] == prompts.audio_token_id).sum() == (
+                prompts.num_audio_tokens(batch["audio_lengths"][audio_rows.index(i)]) if i in audio_rows else 0)
+
+
+def _ranks_epoch(pools, prompts, world, workers, epoch=0):
+    per_rank = []
+    for rank in range(world):
+        stream = MixtureStream([Pool("a", str(pools / "a"))], prompts, Batching(batch_size=4, bucket_size=8),
+                               batches_per_epoch=5, shuffle_buffer=4, seed=1, rank=rank, world_size=world)
+        stream.set_epoch(epoch)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers)
+        per_rank.append([k for batch in loader for k in batch["keys"]])
+    return per_rank
+
+
+def test_ranks_and_workers_get_equal_counts_and_disjoint_samples(pools, prompts):
+    per_rank = _ranks_epoch(pools, prompts, world=2, workers=2)
+    assert [len(k) for k in per_rank] == [20, 20]  # 5 batches of 4 per rank, whatever the shard split
+    every = per_rank[0] + per_rank[1]
+    assert len(set(every)) == len(every), "two slots read the same sample in one epoch"
+    assert per_rank == _ranks_epoch(pools, prompts, world=2, workers=2), "not reproducible"
+    assert per_rank != _ranks_epoch(pools, prompts, world=2, workers=2, epoch=1), "epochs must reshuffle"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_validation_sample_scored_once(pools, prompts, workers, monkeypatch):
+    world = 2
+    keys_per_rank, batches_per_rank = [], []
+    for rank in range(world):
+        dm = BorealisDataModule(val_sets={"bench": str(pools / "bench")}, val_batching=Batching(batch_size=4),
+                                num_workers=workers, prompt_builder=prompts)
+        monkeypatch.setattr(dm, "_dist", lambda rank=rank: (rank, world))
+        dm.setup("validate")
+        (loader,) = dm.val_dataloader()
+        batches = list(loader)
+        batches_per_rank.append(len(batches))
+        keys_per_rank.append([k for b in batches for k, pad in zip(b["keys"], b["is_pad"].tolist()) if not pad])
+        for b in batches:  # generation batches are left-padded and hold no answer
+            assert (b["attention_mask"][:, -1] == 1).all()
+            assert all(r is not None for r in b["references"])
+    assert batches_per_rank[0] == batches_per_rank[1]  # equal steps: no DDP hang
+    every = keys_per_rank[0] + keys_per_rank[1]
+    assert sorted(every) == sorted(f"v-{i}" for i in range(37))
+
+
+def test_config_errors_name_the_problem(pools, prompts):
+    with pytest.raises(ValueError, match="exactly one"):
+        Batching(batch_size=4, max_seconds_per_batch=3.0)
+    with pytest.raises(ValueError, match="text_pool"):
+        BorealisDataModule(text_ratio=0.1)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        MixtureStream([Pool("x", str(pools / "nowhere"))], prompts, Batching(batch_size=2))
