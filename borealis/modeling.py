@@ -160,15 +160,17 @@ class BorealisForConditionalGeneration(PreTrainedModel):
     @classmethod
     def from_parts(cls, encoder: str, llm: str, *, downsample_factor: int = 4, adapter: str = "simple",
                    trim_audio_tokens: bool = True, lora: LoraSettings | dict | None = None,
-                   freeze_encoder: bool = True, dtype: torch.dtype | None = None) -> BorealisForConditionalGeneration:
+                   freeze_encoder: bool = True, dtype: torch.dtype | None = None,
+                   tokenizer=None) -> BorealisForConditionalGeneration:
         """Assemble a model from a Whisper checkpoint and a causal LM checkpoint.
 
         Args:
             encoder: hub id or local folder of a Whisper model (only the encoder is kept).
             llm: hub id or local folder of a causal LM with its tokenizer.
             dtype: weights dtype of the pretrained parts (None keeps the checkpoint's).
+            tokenizer: the LLM's tokenizer if already loaded (the audio tokens are added to it).
         """
-        tokenizer = AutoTokenizer.from_pretrained(llm)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm)
         ids = add_audio_tokens(tokenizer)
         whisper_encoder = WhisperModel.from_pretrained(encoder, dtype=dtype).get_encoder()
         lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
