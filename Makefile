@@ -25,10 +25,14 @@ espeak:
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null || \
 	  { echo "espeak-ng is missing and could not be installed: run 'apt-get install espeak-ng' as root" >&2; exit 1; }; }
 
-demo: install espeak
-	$(PY) tools/make_demo_corpus.py --out $(DEMO_DIR)
+demo: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis fit --config configs/demo.yaml
 	$(VENV)/bin/borealis validate --config configs/demo.yaml --ckpt_path $(DEMO_DIR)/runs/checkpoints/last.ckpt
+
+# The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs.
+$(DEMO_DIR)/corpus.json: tools/make_demo_corpus.py
+	$(MAKE) install espeak
+	$(PY) tools/make_demo_corpus.py --out $(DEMO_DIR) --overwrite
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -24,6 +24,8 @@ class BorealisCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model", "data.prompt_builder", compute_fn=lambda m: m.prompt_builder,
                               apply_on="instantiate")
+        # Validation batches are dealt to ranks by data.RankBatches; Lightning must not re-shard them.
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
 
 
 def main(args: list[str] | None = None) -> BorealisCLI:

@@ -50,11 +50,14 @@ class Pool:
         name: label used in logs and batch accounting.
         shards: a pool folder (with index.json) or a glob of .tar shards.
         weight: relative share among the speech pools.
+        start_epoch: the pool joins the mixture from this epoch on (a data curriculum: e.g.
+            one language first, then both). Weights are renormalised over the active pools.
     """
 
     name: str
     shards: str
     weight: float = 1.0
+    start_epoch: int = 0
 
 
 @dataclass
@@ -180,10 +183,10 @@ class MixtureStream(IterableDataset):
                  text_shards: str | None = None, text_ratio: float = 0.0, batches_per_epoch: int = 1000,
                  shuffle_buffer: int = 1000, min_seconds: float = 0.0, max_seconds: float = 30.0, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.pools = [(p.name, list_shards(p.shards), p.weight) for p in pools]
+        if not any(p.start_epoch <= 0 for p in pools):
+            raise ValueError(f"no training pool starts at epoch 0 (start_epoch: {[p.start_epoch for p in pools]})")
+        self.pools = [(p.name, list_shards(p.shards), p.weight, p.start_epoch) for p in pools]
         self.text = list_shards(text_shards) if text_shards and text_ratio > 0 else None
-        self.weights = np.array([w for _, _, w in self.pools], dtype=float)
-        self.weights /= self.weights.sum()
         self.text_ratio = text_ratio
         self.prompts, self.batching = prompts, batching
         self.batches_per_epoch = batches_per_epoch
@@ -200,13 +203,16 @@ class MixtureStream(IterableDataset):
     def _pool_samples(self, idx: int, shards: Sequence[Path], name: str, slot: int, slots: int,
                       rng: np.random.Generator, epoch: int) -> Iterator[dict]:
         buffer: list[dict] = []
+        empty_cycles = 0
         for cycle in itertools.count():
             order = np.random.default_rng([self.seed, epoch, cycle, idx]).permutation(len(shards))
             units = slot_units(len(shards), slots, slot)
+            kept = 0
             for sample in _read_units([shards[i] for i in order], units):
                 dur = sample["duration"]
                 if sample["audio"] is not None and not self.min_seconds <= dur <= self.max_seconds:
                     continue
+                kept += 1
                 sample["pool"] = name
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(sample)
@@ -214,13 +220,21 @@ class MixtureStream(IterableDataset):
                 j = int(rng.integers(len(buffer)))
                 buffer[j], sample = sample, buffer[j]
                 yield sample
+            empty_cycles = 0 if kept else empty_cycles + 1
+            # A slot gets a given shard with probability >= 1/slots per cycle, so 10 * slots empty
+            # cycles in a row mean "nothing in range" with a false alarm below e^-10.
+            if empty_cycles > 10 * max(slots, 1):
+                raise ValueError(f"pool {name!r}: no sample between min_seconds={self.min_seconds} and "
+                                 f"max_seconds={self.max_seconds} in {len(shards)} shard(s)")
 
     def __iter__(self) -> Iterator[dict]:
         slot, slots, wid, nw = _slot_info(self.rank, self.world_size)
         epoch = int(self.epoch.item())
         rng = np.random.default_rng([self.seed, epoch, slot, 1])
-        streams = [self._pool_samples(i, shards, name, slot, slots, rng, epoch)
-                   for i, (name, shards, _) in enumerate(self.pools)]
+        active = [(i, name, shards, w) for i, (name, shards, w, start) in enumerate(self.pools) if start <= epoch]
+        streams = [self._pool_samples(i, shards, name, slot, slots, rng, epoch) for i, name, shards, _ in active]
+        weights = np.array([w for *_, w in active], dtype=float)
+        weights /= weights.sum()
         text = self._pool_samples(len(self.pools), self.text, "text", slot, slots, rng, epoch) if self.text else None
         quota = self.batches_per_epoch // nw + (wid < self.batches_per_epoch % nw)
         pending: list[list[dict]] = []
@@ -231,7 +245,7 @@ class MixtureStream(IterableDataset):
                     if text is not None and rng.random() < self.text_ratio:
                         sample = next(text)
                     else:
-                        sample = next(streams[int(rng.choice(len(streams), p=self.weights))])
+                        sample = next(streams[int(rng.choice(len(streams), p=weights))])
                     bucket.append(encode_sample(sample, self.prompts))
                 bucket.sort(key=self.batching._size)
                 pending = self.batching.cut(bucket)

@@ -88,6 +88,7 @@ class BorealisLightningModule(L.LightningModule):
         for p in self.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
+        self.model.train()  # from_pretrained leaves parts in eval mode; LoRA dropout must be live
         rank_zero_info(f"Borealis: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
                        f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
 

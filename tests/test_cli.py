@@ -14,19 +14,38 @@ from borealis.cli import BorealisCLI
 from borealis.data import BorealisDataModule
 from borealis.module import BorealisLightningModule
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+ABLATIONS = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))  # overlays on it_fresh.yaml
+
+
+def _parse(configs, tiny_parts):
+    enc, llm = tiny_parts  # hub ids need the network; a local folder is loaded the same way
+    return BorealisCLI(BorealisLightningModule, BorealisDataModule, run=False,
+                      args=[*(a for c in configs for a in ("--config", str(c))),
+                            "--model.encoder", str(enc), "--model.llm", str(llm),
+                            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+                            "--trainer.logger", "false", "--trainer.precision", "32-true"],
+                      save_config_callback=None, auto_configure_optimizers=False)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses(config, tiny_parts):
-    enc, llm = tiny_parts  # hub ids need the network; a local folder is loaded the same way
-    cli = BorealisCLI(BorealisLightningModule, BorealisDataModule, run=False,
-                      args=["--config", str(config), "--model.encoder", str(enc), "--model.llm", str(llm),
-                            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-                            "--trainer.logger", "false", "--trainer.precision", "32-true"],
-                      save_config_callback=None, auto_configure_optimizers=False)
+    cli = _parse([config], tiny_parts)
     assert cli.datamodule.prompt_builder is cli.model.prompt_builder  # linked, not rebuilt
     assert cli.datamodule.val_sets, "every config names its benchmarks"
+    assert cli.trainer.accelerator is not None
+
+
+@pytest.mark.parametrize("overlay", ABLATIONS, ids=[c.name for c in ABLATIONS])
+def test_seed_ablations_overlay_the_flagship(overlay, tiny_parts):
+    import yaml
+
+    cli = _parse([CONFIG_DIR / "it_fresh.yaml", overlay], tiny_parts)
+    want = yaml.safe_load(overlay.read_text())["data"]
+    assert [p.name for p in cli.datamodule.train_pools] == [p["name"] for p in want["train_pools"]]
+    assert cli.datamodule.text_ratio == want["text_ratio"]
+    assert cli.model.hparams.learning_rate == 1e-5  # the rest of the flagship stays
 
 
 def test_unknown_key_fails_before_loading(tmp_path, tiny_parts):

@@ -122,3 +122,24 @@ def test_config_errors_name_the_problem(pools, prompts):
         BorealisDataModule(text_ratio=0.1)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         MixtureStream([Pool("x", str(pools / "nowhere"))], prompts, Batching(batch_size=2))
+
+
+def test_a_pool_with_nothing_in_range_fails_with_its_name(pools, prompts):
+    stream = MixtureStream([Pool("a", str(pools / "a"))], prompts, Batching(batch_size=2), batches_per_epoch=1,
+                           min_seconds=5.0, max_seconds=9.0)
+    with pytest.raises(ValueError, match="pool 'a': no sample between"):
+        next(iter(stream))
+
+
+def test_pool_start_epoch_reaches_persistent_workers(pools, prompts):
+    stream = MixtureStream([Pool("a", str(pools / "a")), Pool("b", str(pools / "b"), start_epoch=1)], prompts,
+                           Batching(batch_size=4, bucket_size=8), batches_per_epoch=6, shuffle_buffer=4)
+    loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True)
+    seen = []
+    for epoch in range(2):
+        stream.set_epoch(epoch)  # what BorealisLightningModule.on_train_epoch_start does
+        seen.append(Counter(p for batch in loader for p in batch["pools"]))
+    assert set(seen[0]) == {"a"}
+    assert set(seen[1]) == {"a", "b"} and seen[1]["b"] > 4
+    with pytest.raises(ValueError, match="no training pool starts at epoch 0"):
+        MixtureStream([Pool("b", str(pools / "b"), start_epoch=1)], prompts, Batching(batch_size=4))

@@ -1,7 +1,7 @@
 """Generate the embedded CPU demo: espeak-ng speech, a tiny Whisper, a tiny Qwen3, shards.
 
 What: `python tools/make_demo_corpus.py --out demo` writes, deterministically for `--seed`,
-    demo/models/whisper/   random Whisper (~0.9M-param encoder, 6 s window) + feature extractor
+    demo/models/whisper/   random Whisper (~0.9M-param encoder, 4 s window) + feature extractor
     demo/models/qwen3/     random 2-layer Qwen3 + a byte-level BPE tokenizer trained here (ChatML)
     demo/shards/train/{asr_en,asr_ru,instruct,text}/   training pools (ShardWriter format)
     demo/shards/bench/{demo_en,demo_ru,demo_en_noisy}/ held-out benchmarks
@@ -55,7 +55,7 @@ ESPEAK = "espeak-ng"
 ESPEAK_RATE = 22_050  # espeak-ng's output rate; ShardWriter resamples to 16 kHz
 ENDOFTEXT = "<|endoftext|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
-MIN_WORDS, MAX_WORDS = 2, 6
+MIN_WORDS, MAX_WORDS = 2, 5
 
 # Qwen2/Qwen3's pre-tokenizer split (tokenizer.json of Qwen/Qwen3-*): single digits, words
 # with their leading space, punctuation runs, newlines.
@@ -95,14 +95,13 @@ class Language:
     genitive: tuple[str, ...]
     slots: dict[str, tuple[str, ...]]
     templates: tuple[str, ...]
-    please: str
     voices: tuple[str, ...]
     instruct: dict[str, str]  # task -> spoken-instruction prompt
     chat: dict[str, str]  # task -> text-only prompt with {x}, {a}, {b}, {s} fields
 
     @property
     def vocabulary(self) -> list[str]:
-        words = set(self.digits) | {self.please}
+        words = set(self.digits)
         for values in self.slots.values():
             words.update(w for v in values for w in v.split())
         for t in self.templates:
@@ -116,16 +115,10 @@ _RU_DIGITS = ("ноль", "один", "два", "три", "четыре", "пя�
 LANGUAGES: dict[str, Language] = {
     "en": Language(
         code="en", digits=_EN_DIGITS, genitive=_EN_DIGITS,
-        slots={"d": _EN_DIGITS, "n": _EN_DIGITS[2:], "dev": ("light", "fan", "radio", "heater"),
-               "room": ("kitchen", "bedroom", "garage", "hall"), "obj": ("door", "window", "gate"),
-               "dir": ("up", "down", "left", "right", "forward", "back"), "onoff": ("on", "off"),
-               "oc": ("open", "close"), "updown": ("up", "down"), "music": ("play", "stop", "pause")},
-        templates=("turn {onoff} the {dev}", "turn {onoff} the {room} {dev}", "{oc} the {obj}",
-                   "{oc} the {room} {obj}", "{oc} {obj} {d}", "volume {updown}", "set volume to {d}",
-                   "{music} the music", "play song {d} {d}", "next song", "go {dir}", "go {dir} {d}",
-                   "move {dir} {d} {d}", "set timer for {n} minutes", "set alarm for {d} {d}",
-                   "call {d} {d} {d} {d}", "channel {d} {d}", "stop now", "go back now"),
-        please="please",
+        slots={"d": _EN_DIGITS, "n": _EN_DIGITS[2:], "dev": ("light", "music"), "obj": ("door", "window"),
+               "onoff": ("on", "off"), "oc": ("open", "close"), "updown": ("up", "down")},
+        templates=("turn {onoff} the {dev}", "{oc} the {obj}", "{oc} {obj} {d}", "volume {updown}",
+                   "volume {d}", "call {d} {d} {d}", "stop the {dev}", "go {updown} {d}"),
         voices=("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-us-nyc"),
         instruct={"first": "What is the first word?", "last": "What is the last word?",
                   "count": "How many words?"},
@@ -137,17 +130,10 @@ LANGUAGES: dict[str, Language] = {
         code="ru", digits=_RU_DIGITS,
         genitive=("нуля", "одного", "двух", "трех", "четырех", "пяти", "шести", "семи", "восьми", "девяти"),
         slots={"d": _RU_DIGITS, "n": ("ноль", "пять", "шесть", "семь", "восемь", "девять"),
-               "dev": ("свет", "вентилятор", "радио", "обогреватель"),
-               "room": ("на кухне", "в спальне", "в гараже", "в коридоре"), "obj": ("дверь", "окно", "ворота"),
-               "dir": ("вверх", "вниз", "налево", "направо", "вперед", "назад"), "onoff": ("включи", "выключи"),
-               "oc": ("открой", "закрой"), "loud": ("громче", "тише"), "music": ("включи", "останови")},
-        templates=("{onoff} {dev}", "{onoff} {dev} {room}", "{oc} {obj}", "{oc} {obj} {room}",
-                   "{oc} {obj} номер {d}", "сделай {loud}", "громкость {d}", "{music} музыку",
-                   "поставь музыку на паузу", "включи песню {d} {d}", "следующая песня", "иди {dir}",
-                   "иди {dir} {d}", "двигайся {dir} {d} {d}", "поставь таймер на {n} минут",
-                   "поставь будильник на {d} {d}", "позвони {d} {d} {d} {d}", "канал {d} {d}",
-                   "остановись сейчас", "иди назад сейчас"),
-        please="пожалуйста",
+               "dev": ("свет", "музыку"), "obj": ("дверь", "окно"), "onoff": ("включи", "выключи"),
+               "oc": ("открой", "закрой"), "updown": ("вверх", "вниз")},
+        templates=("{onoff} {dev}", "{oc} {obj}", "{oc} {obj} {d}", "громкость {updown}", "громкость {d}",
+                   "позвони {d} {d} {d}", "останови {dev}", "иди {updown} {d}"),
         voices=("ru", "ru-lv"),
         instruct={"first": "Какое первое слово?", "last": "Какое последнее слово?", "count": "Сколько слов?"},
         chat={"after": "Что идет после числа {x}?", "before": "Что идет перед числом {x}?",
@@ -164,14 +150,18 @@ def rng_for(seed: int, name: str) -> np.random.Generator:
 
 
 def make_sentence(language: str, rng: np.random.Generator) -> str:
-    """One lower-case utterance of 2-6 words: a digit string (35%), a command (45%) or a
-    random word sequence from the vocabulary (20%, so the acoustics, not the grammar, decide)."""
+    """One lower-case utterance of 2-5 words: a digit string (50%), a command (40%) or a
+    random word sequence from the vocabulary (10%, so the acoustics, not the grammar, decide).
+
+    The vocabulary is ~25 words per language: a 2-layer model trained from scratch on 2 CPU
+    cores learns 10 spoken digits in minutes but not 200 words (the issue's trial), so the
+    demo stays close to the digits end."""
     lang = LANGUAGES[language]
     while True:
         kind = rng.random()
-        if kind < 0.35:
+        if kind < 0.50:
             words = [lang.digits[i] for i in rng.integers(0, 10, size=rng.integers(MIN_WORDS, MAX_WORDS + 1))]
-        elif kind < 0.80:
+        elif kind < 0.90:
             template = lang.templates[rng.integers(len(lang.templates))]
             words = []
             for part in template.split():
@@ -180,8 +170,6 @@ def make_sentence(language: str, rng: np.random.Generator) -> str:
                     words.extend(values[rng.integers(len(values))].split())
                 else:
                     words.append(part)
-            if len(words) < MAX_WORDS and rng.random() < 0.15:
-                words.append(lang.please)
         else:
             vocab = lang.vocabulary
             words = [vocab[i] for i in rng.integers(0, len(vocab), size=rng.integers(MIN_WORDS, MAX_WORDS + 1))]
@@ -498,12 +486,12 @@ def _params(module) -> int:
 
 
 def build_tiny_whisper(out_dir: Path, *, dim: int = 128, layers: int = 4, heads: int = 4, ffn: int = 512,
-                       mel_bins: int = 80, max_source_positions: int = 300, seed: int = 0) -> dict[str, int]:
+                       mel_bins: int = 80, max_source_positions: int = 200, seed: int = 0) -> dict[str, int]:
     """Save a random Whisper (`WhisperModel`) and its `WhisperFeatureExtractor` to `out_dir`.
 
     Only the encoder matters to Borealis; the decoder is one minimal layer with a 64-token
     vocabulary so it costs nothing. `max_source_positions` positions cover twice as many mel
-    frames (10 ms each): 300 -> 6 s, the window every demo clip fits in.
+    frames (10 ms each): 200 -> 4 s, the window every demo clip fits in (the longest is ~3.4 s).
 
     Returns:
         Parameter counts: {"encoder": ..., "total": ...}.
@@ -525,7 +513,12 @@ def build_tiny_whisper(out_dir: Path, *, dim: int = 128, layers: int = 4, heads:
         encoder_ffn_dim=ffn, max_source_positions=max_source_positions,
         decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=dim,  # unused by Borealis
         vocab_size=64, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        decoder_start_token_id=1, suppress_tokens=None, begin_suppress_tokens=None)
+        decoder_start_token_id=1, suppress_tokens=None, begin_suppress_tokens=None,
+        # Whisper's default init_std (0.02) makes a random encoder's output ~98% position
+        # embedding: clips differ by 2% of the output std, and a from-scratch demo spends its
+        # whole budget escaping that. At 0.3 they differ by ~60%, and a tone-classification probe
+        # learns through the LLM within 250 steps (it did not at 0.02 or 0.1).
+        init_std=0.3)
     torch.manual_seed(seed)
     model = WhisperModel(config)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -627,8 +620,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--encoder-heads", type=int, default=4, help="attention heads (divide --encoder-dim)")
     g.add_argument("--encoder-ffn", type=int, default=512, help="feed-forward width (4x d_model)")
     g.add_argument("--mel-bins", type=int, default=80, help="80 as Whisper <= v2")
-    g.add_argument("--max-source-positions", type=int, default=300,
-                   help="encoder positions; 2 mel frames each, 300 -> 6 s window (multiple of 50)")
+    g.add_argument("--max-source-positions", type=int, default=200,
+                   help="encoder positions; 2 mel frames each, 200 -> 4 s window (multiple of 50)")
     g = p.add_argument_group("tiny Qwen3 (~1.9M params at the defaults)")
     g.add_argument("--llm-dim", type=int, default=256, help="hidden size")
     g.add_argument("--llm-layers", type=int, default=2, help="decoder layers")
