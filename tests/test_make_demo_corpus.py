@@ -71,7 +71,7 @@ def test_sentences_are_seeded_short_lowercase_and_in_vocabulary(language):
         assert re.fullmatch(r"[a-zа-я]+( [a-zа-я]+)*", s), s
         assert mdc.MIN_WORDS <= len(s.split()) <= mdc.MAX_WORDS, s
         assert set(s.split()) <= vocab, s
-    assert 20 <= len(vocab) <= 40  # 10 digits + a dozen or so command words
+    assert 14 <= len(vocab) <= 30  # 10 digits + a few command words
 
 
 def test_make_sentences_errors_name_the_problem(monkeypatch):

@@ -115,10 +115,8 @@ _RU_DIGITS = ("ноль", "один", "два", "три", "четыре", "пя�
 LANGUAGES: dict[str, Language] = {
     "en": Language(
         code="en", digits=_EN_DIGITS, genitive=_EN_DIGITS,
-        slots={"d": _EN_DIGITS, "n": _EN_DIGITS[2:], "dev": ("light", "music"), "obj": ("door", "window"),
-               "onoff": ("on", "off"), "oc": ("open", "close"), "updown": ("up", "down")},
-        templates=("turn {onoff} the {dev}", "{oc} the {obj}", "{oc} {obj} {d}", "volume {updown}",
-                   "volume {d}", "call {d} {d} {d}", "stop the {dev}", "go {updown} {d}"),
+        slots={"d": _EN_DIGITS, "updown": ("up", "down")},
+        templates=("call {d} {d} {d}", "volume {d}", "volume {updown}", "go {updown} {d}", "stop {d} {d}"),
         voices=("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-us-nyc"),
         instruct={"first": "What is the first word?", "last": "What is the last word?",
                   "count": "How many words?"},
@@ -129,11 +127,9 @@ LANGUAGES: dict[str, Language] = {
     "ru": Language(
         code="ru", digits=_RU_DIGITS,
         genitive=("нуля", "одного", "двух", "трех", "четырех", "пяти", "шести", "семи", "восьми", "девяти"),
-        slots={"d": _RU_DIGITS, "n": ("ноль", "пять", "шесть", "семь", "восемь", "девять"),
-               "dev": ("свет", "музыку"), "obj": ("дверь", "окно"), "onoff": ("включи", "выключи"),
-               "oc": ("открой", "закрой"), "updown": ("вверх", "вниз")},
-        templates=("{onoff} {dev}", "{oc} {obj}", "{oc} {obj} {d}", "громкость {updown}", "громкость {d}",
-                   "позвони {d} {d} {d}", "останови {dev}", "иди {updown} {d}"),
+        slots={"d": _RU_DIGITS, "updown": ("вверх", "вниз")},
+        templates=("позвони {d} {d} {d}", "громкость {d}", "громкость {updown}", "иди {updown} {d}",
+                   "стоп {d} {d}"),
         voices=("ru", "ru-lv"),
         instruct={"first": "Какое первое слово?", "last": "Какое последнее слово?", "count": "Сколько слов?"},
         chat={"after": "Что идет после числа {x}?", "before": "Что идет перед числом {x}?",
@@ -153,9 +149,10 @@ def make_sentence(language: str, rng: np.random.Generator) -> str:
     """One lower-case utterance of 2-5 words: a digit string (50%), a command (40%) or a
     random word sequence from the vocabulary (10%, so the acoustics, not the grammar, decide).
 
-    The vocabulary is ~25 words per language: a 2-layer model trained from scratch on 2 CPU
-    cores learns 10 spoken digits in minutes but not 200 words (the issue's trial), so the
-    demo stays close to the digits end."""
+    The vocabulary is 16 words per language (digits + 6 command words): a 2-layer model
+    trained from scratch on 2 CPU cores learns 10 spoken digits in minutes but not 200 words
+    (the issue's trial); at ~25 words per language it reached only ~1.0 nats/token in the
+    demo's 9-minute budget, so the demo stays close to the digits end."""
     lang = LANGUAGES[language]
     while True:
         kind = rng.random()
