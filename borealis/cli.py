@@ -28,10 +28,11 @@ class BorealisCLI(LightningCLI):
         parser.set_defaults({"trainer.use_distributed_sampler": False})
 
 
-def main(args: list[str] | None = None) -> BorealisCLI:
+def main(args: list[str] | None = None) -> None:
+    """Console entry point; returns nothing, so the exit status is 0 unless a step raised."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return BorealisCLI(BorealisLightningModule, BorealisDataModule, args=args,
+    BorealisCLI(BorealisLightningModule, BorealisDataModule, args=args,
                        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
 
 
