@@ -143,13 +143,16 @@ class BorealisLightningModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self._step_started is None:
             return
+        # Tensors, not .item(): the logger reads them every log_every_n_steps, so no per-step sync.
         elapsed = max(time.perf_counter() - self._step_started, 1e-9)
-        audio_s = 0.0 if batch["audio_lengths"] is None else batch["audio_lengths"].sum().item() / 16000
-        tokens = batch["attention_mask"].sum().item()
+        mask = batch["attention_mask"]
+        tokens = mask.sum().float()
+        audio_s = (batch["audio_lengths"].sum().float() / 16000 if batch["audio_lengths"] is not None
+                   else torch.zeros((), device=mask.device))
         n = len(batch["keys"])
         self.log("train/audio_sec_per_sec", audio_s / elapsed, batch_size=n)
         self.log("train/tokens_per_sec", tokens / elapsed, batch_size=n)
-        self.log("train/padding_ratio", 1 - tokens / batch["attention_mask"].numel(), batch_size=n)
+        self.log("train/padding_ratio", 1 - tokens / mask.numel(), batch_size=n)
 
     # ------------------------------------------------------------------ generation
     def _generate(self, batch: dict) -> list[str]:

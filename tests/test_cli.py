@@ -84,7 +84,15 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert state and all(k.startswith("model.") for k in state)
     assert "model.encoder.conv1.weight" in state  # demo trains the encoder fully
-    assert list((runs / "tb").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    events = list((runs / "tb").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard events"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/audio_sec_per_sec", "train/tokens_per_sec", "train/padding_ratio"} <= tags
+    assert all(e.value > 0 for e in acc.Scalars("train/tokens_per_sec"))
 
     out = _run("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
     report = json.loads((runs / "report" / "wer.json").read_text())
