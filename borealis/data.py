@@ -90,7 +90,7 @@ class Batching:
         current: list[dict] = []
         longest = 0.0
         for item in items:
-            size = self._size(item)
+            size = self.size(item)
             grown = max(longest, size) * (len(current) + 1)
             full = (len(current) >= (self.batch_size or self.max_batch_size)
                     or (self.batch_size is None and current and grown > self._budget()))
@@ -103,7 +103,8 @@ class Batching:
             batches.append(current)
         return batches
 
-    def _size(self, item: dict) -> float:
+    def size(self, item: dict) -> float:
+        """What the budget counts for one encoded sample: its tokens, or its audio seconds."""
         if self.max_tokens_per_batch:
             return len(item["input_ids"])
         return item["num_samples"] / SAMPLE_RATE
@@ -247,7 +248,7 @@ class MixtureStream(IterableDataset):
                     else:
                         sample = next(streams[int(rng.choice(len(streams), p=weights))])
                     bucket.append(encode_sample(sample, self.prompts))
-                bucket.sort(key=self.batching._size)
+                bucket.sort(key=self.batching.size)
                 pending = self.batching.cut(bucket)
                 pending = [pending[i] for i in rng.permutation(len(pending))]
             yield collate(pending.pop(), self.prompts.pad_token_id)

@@ -33,7 +33,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from borealis.adapters import ADAPTERS, stack_frames
 from borealis.features import WhisperLogMel
-from borealis.prompts import AUDIO_END, AUDIO_START, AUDIO_TOKEN, PromptBuilder, add_audio_tokens
+from borealis.prompts import (AUDIO_END, AUDIO_START, AUDIO_TOKEN, PromptBuilder, add_audio_tokens,
+                              num_audio_tokens)
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +234,6 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         return self._prompts
 
     def num_audio_tokens(self, num_samples: torch.Tensor) -> torch.Tensor:
-        from borealis.prompts import num_audio_tokens
-
         return num_audio_tokens(num_samples, downsample_factor=self.config.downsample_factor,
                                 max_source_positions=self.config.encoder_config.max_source_positions,
                                 trim=self.config.trim_audio_tokens)

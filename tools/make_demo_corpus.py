@@ -626,7 +626,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--llm-kv-heads", type=int, default=2, help="key/value heads (GQA)")
     g.add_argument("--llm-head-dim", type=int, default=64, help="per-head width (Qwen3 sets it apart from hidden)")
     g.add_argument("--llm-ffn", type=int, default=768, help="MLP width (3x hidden)")
-    g.add_argument("--llm-max-positions", type=int, default=1024, help="75 audio slots + prompt fit easily")
+    g.add_argument("--llm-max-positions", type=int, default=1024, help="50 audio slots (4 s) + prompt fit easily")
     g.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary cap (the corpus needs fewer)")
     args = p.parse_args(argv)
     problems = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in vars(args).items()
