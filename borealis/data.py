@@ -8,7 +8,10 @@ Training streams (`MixtureStream`, an IterableDataset):
     buffer; pools are mixed by weight and text-only chats are drawn with `text_ratio`;
   * samples are bucketed by length and cut into batches by a token or audio-seconds budget;
   * every rank yields exactly `batches_per_epoch` batches, so DDP never waits on a rank
-    that ran dry.
+    that ran dry;
+  * clips pass through the active stage of the augmentation curriculum
+    (`augmentations.AugmentationPipeline`, switched by `callbacks.AugmentationScheduler`)
+    after the duration filter and before tokenisation, so speed changes are counted.
 Randomness is a pure function of (seed, epoch, slot): reruns reproduce, workers differ.
 
 Validation (`BenchmarkSet`, map-style) indexes each benchmark's tar members once, sorts by
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from borealis.augmentations import AugmentationPipeline
 from borealis.prompts import IGNORE_INDEX, PromptBuilder, sample_messages
 from borealis.shards import SAMPLE_RATE, SampleRef, index_samples, iter_shard, list_shards, read_sample
 
@@ -183,7 +187,7 @@ class MixtureStream(IterableDataset):
     def __init__(self, pools: Sequence[Pool], prompts: PromptBuilder, batching: Batching, *,
                  text_shards: str | None = None, text_ratio: float = 0.0, batches_per_epoch: int = 1000,
                  shuffle_buffer: int = 1000, min_seconds: float = 0.0, max_seconds: float = 30.0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, augmentation: AugmentationPipeline | None = None) -> None:
         if not any(p.start_epoch <= 0 for p in pools):
             raise ValueError(f"no training pool starts at epoch 0 (start_epoch: {[p.start_epoch for p in pools]})")
         self.pools = [(p.name, list_shards(p.shards), p.weight, p.start_epoch) for p in pools]
@@ -193,6 +197,7 @@ class MixtureStream(IterableDataset):
         self.batches_per_epoch = batches_per_epoch
         self.shuffle_buffer, self.min_seconds, self.max_seconds = shuffle_buffer, min_seconds, max_seconds
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.augmentation = augmentation
         self.epoch = torch.zeros(1, dtype=torch.long).share_memory_()  # read by workers at each epoch start
 
     def set_epoch(self, epoch: int) -> None:
@@ -232,6 +237,8 @@ class MixtureStream(IterableDataset):
         slot, slots, wid, nw = _slot_info(self.rank, self.world_size)
         epoch = int(self.epoch.item())
         rng = np.random.default_rng([self.seed, epoch, slot, 1])
+        aug_rng = np.random.default_rng([self.seed, epoch, slot, 2])  # own stream: augmenting never reorders data
+        max_samples = int(self.max_seconds * SAMPLE_RATE)
         active = [(i, name, shards, w) for i, (name, shards, w, start) in enumerate(self.pools) if start <= epoch]
         streams = [self._pool_samples(i, shards, name, slot, slots, rng, epoch) for i, name, shards, _ in active]
         weights = np.array([w for *_, w in active], dtype=float)
@@ -247,6 +254,8 @@ class MixtureStream(IterableDataset):
                         sample = next(text)
                     else:
                         sample = next(streams[int(rng.choice(len(streams), p=weights))])
+                        if self.augmentation is not None and sample["audio"] is not None:
+                            sample["audio"] = self.augmentation(sample["audio"], aug_rng, max_samples)
                     bucket.append(encode_sample(sample, self.prompts))
                 bucket.sort(key=self.batching.size)
                 pending = self.batching.cut(bucket)
@@ -319,7 +328,9 @@ class BorealisDataModule(L.LightningDataModule):
         min_seconds: drop shorter training clips.
         max_seconds: drop longer training clips (the encoder window is 30 s).
         num_workers: DataLoader worker processes per rank.
-        seed: base seed of every shuffle and mixture draw.
+        seed: base seed of every shuffle, mixture and augmentation draw.
+        augmentation: the augmentation curriculum (stages of waveform effects + SpecAugment);
+            null trains on clean audio. `callbacks.AugmentationScheduler` switches its stages.
         prompt_builder: linked from the model by the CLI (tokenizer + audio geometry).
     """
 
@@ -328,7 +339,7 @@ class BorealisDataModule(L.LightningDataModule):
                  batching: Batching | None = None, val_batching: Batching | None = None,
                  batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
                  max_seconds: float = 30.0, num_workers: int = 2, seed: int = 0,
-                 prompt_builder: PromptBuilder | None = None) -> None:
+                 augmentation: AugmentationPipeline | None = None, prompt_builder: PromptBuilder | None = None) -> None:
         super().__init__()
         if not 0.0 <= text_ratio < 1.0:
             raise ValueError(f"text_ratio must be in [0, 1), got {text_ratio}")
@@ -342,6 +353,7 @@ class BorealisDataModule(L.LightningDataModule):
         self.batches_per_epoch, self.shuffle_buffer = batches_per_epoch, shuffle_buffer
         self.min_seconds, self.max_seconds = min_seconds, max_seconds
         self.num_workers, self.seed = num_workers, seed
+        self.augmentation = augmentation
         self.prompt_builder = prompt_builder
         self.train_stream: MixtureStream | None = None
         self.benchmarks: dict[str, BenchmarkSet] = {}
@@ -361,11 +373,13 @@ class BorealisDataModule(L.LightningDataModule):
         if stage == "fit" and self.train_stream is None:
             if not self.train_pools:
                 raise ValueError("data.train_pools is empty: name at least one pool to train on")
+            if self.augmentation is not None:
+                self.augmentation.check()
             self.train_stream = MixtureStream(
                 self.train_pools, prompts, self.batching, text_shards=self.text_pool, text_ratio=self.text_ratio,
                 batches_per_epoch=self.batches_per_epoch, shuffle_buffer=self.shuffle_buffer,
                 min_seconds=self.min_seconds, max_seconds=self.max_seconds, seed=self.seed, rank=rank,
-                world_size=world)
+                world_size=world, augmentation=self.augmentation)
         sets = self.predict_sets if stage == "predict" else self.val_sets
         for name, shards in sets.items():
             if name not in self.benchmarks:

@@ -4,7 +4,9 @@
   build it only once; the tokenizer is loaded in `__init__` (cheap), so the CLI can link
   the prompt builder to the DataModule before any weight loads.
 * AdamW holds trainable parameters only; linear warmup then cosine decay to `min_lr_ratio`.
-* Log-mel runs on the device inside the model; the DataLoader ships raw waveforms.
+* Log-mel runs on the device inside the model; the DataLoader ships raw waveforms. While
+  the augmentation curriculum's active stage has SpecAugment (`callbacks.AugmentationScheduler`
+  sets `spec_augment`), the module computes the log-mel itself and masks it, batched.
 * Validation generates greedily in batches (KV cache) and sums word errors and reference
   words per benchmark; the sums are all-reduced once per epoch, so the WER is exact across
   ranks, and pad rows (see `data.RankBatches`) are never counted.
@@ -26,6 +28,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, WhisperConfig
 
+from borealis.augmentations import SpecAugment
+from borealis.features import num_mel_frames
 from borealis.metrics import average_wer, wer_table, word_errors, write_report
 from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
 from borealis.prompts import DEFAULT_SYSTEM_PROMPT, PromptBuilder
@@ -75,6 +79,8 @@ class BorealisLightningModule(L.LightningModule):
         self.model: BorealisForConditionalGeneration | None = None
         self._val_sums: torch.Tensor | None = None  # (benchmarks, [errors, words, samples])
         self._step_started: float | None = None
+        self.spec_augment: SpecAugment | None = None  # set by callbacks.AugmentationScheduler
+        self._mask_generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -134,8 +140,21 @@ class BorealisLightningModule(L.LightningModule):
     def _model_inputs(self, batch: dict) -> dict:
         return {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
 
+    def _masked_features(self, batch: dict) -> dict:
+        """Model inputs with SpecAugment applied to the log-mel (training only)."""
+        inputs = self._model_inputs(batch)
+        if self.spec_augment is None or inputs["waveforms"] is None:
+            return inputs
+        if self._mask_generator is None:  # per-rank stream, seeded from the run's seed
+            self._mask_generator = torch.Generator(device=self.device)
+            self._mask_generator.manual_seed(torch.initial_seed() + 1_000_003 * self.global_rank)
+        lengths = inputs["audio_lengths"]
+        mel = self.model.features(inputs.pop("waveforms"), lengths)
+        inputs["input_features"] = self.spec_augment(mel, num_mel_frames(lengths), self._mask_generator)
+        return inputs
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**self._model_inputs(batch)).loss
+        loss = self.model(**self._masked_features(batch)).loss
         n = len(batch["keys"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss

@@ -69,6 +69,8 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     make_pool(tmp_path / "train", "a", range(40), max_samples=10)
     make_pool(tmp_path / "text", "t", range(20), text_only=True)
     make_pool(tmp_path / "bench", "v", range(9), max_samples=4)
+    for pool in ("noise", "ir"):  # demo.yaml's augmentation curriculum reads these (checked at setup)
+        make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     runs = tmp_path / "demo" / "runs"  # demo.yaml's relative paths land under the working folder
     common = ["--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
               "--model.encoder", str(enc), "--model.llm", str(llm), 
@@ -91,7 +93,8 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/audio_sec_per_sec", "train/tokens_per_sec", "train/padding_ratio"} <= tags
+    assert {"train/loss", "train/audio_sec_per_sec", "train/tokens_per_sec", "train/padding_ratio",
+            "train/augment_stage"} <= tags
     assert all(e.value > 0 for e in acc.Scalars("train/tokens_per_sec"))
 
     out = _run("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
