@@ -1,5 +1,6 @@
-"""Tests for tools/make_demo_corpus.py: the sentence plan, noise, the tiny models and
-tokenizer, and one tiny end-to-end build (~70 espeak clips, a few seconds) read back.
+"""Tests for tools/make_demo_corpus.py: the sentence plan, noise, the noise/IR augmentation
+pools, the tiny models and tokenizer, and one tiny end-to-end build (~70 espeak clips, 100
+noise/IR clips, a few seconds) read back.
 
 espeak-ng is a Debian package; tests that synthesise speech are skipped without it.
 Everything runs offline (HF_HUB_OFFLINE=1).
@@ -37,6 +38,7 @@ TINY_ARGS = [
 ]
 POOLS = ["train/asr_en", "train/asr_ru", "train/instruct", "train/text",
          "bench/demo_en", "bench/demo_ru", "bench/demo_en_noisy"]
+CLIP_POOLS = ["noise", "ir"]  # demo/shards/noise, demo/shards/ir: configs/demo.yaml names these paths
 
 
 def read_pool(pool_dir: Path) -> list[tuple[dict, bool]]:
@@ -130,6 +132,65 @@ def test_add_noise_hits_the_snr(kind):
         mdc.add_noise(clean, "brown", 20.0, np.random.default_rng(0))
 
 
+def band_db(x: np.ndarray, low: tuple[float, float], high: tuple[float, float], rate: int = 16_000) -> float:
+    """Power in band `low` over power in band `high`, in dB."""
+    power = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(x.size, 1 / rate)
+    return float(10 * np.log10(power[(f >= low[0]) & (f < low[1])].sum() / power[(f >= high[0]) & (f < high[1])].sum()))
+
+
+@pytest.mark.parametrize(("colour", "slope_db"), [("white", -12.0), ("pink", 0.0), ("brown", 12.0)])
+def test_coloured_noise_spectra(colour, slope_db):
+    """100-200 Hz against 1600-3200 Hz (16x the bandwidth): white -12 dB, pink (1/f) flat per
+    octave, brown (1/f^2) +12 dB."""
+    n = 16_000 * 6
+    x = mdc.coloured_noise(n, colour, np.random.default_rng(0), floor_bin=20 * n / 16_000)
+    assert band_db(x, (100, 200), (1600, 3200)) == pytest.approx(slope_db, abs=1.5)
+    assert np.array_equal(x, mdc.coloured_noise(n, colour, np.random.default_rng(0), floor_bin=20 * n / 16_000))
+    with pytest.raises(ValueError, match="violet"):
+        mdc.coloured_noise(n, "violet", np.random.default_rng(0))
+
+
+def test_mains_hum_and_impulse_response():
+    hum = mdc.mains_hum(16_000 * 4, 60.0, 5, 30.0, np.random.default_rng(0))
+    power = np.abs(np.fft.rfft(hum)) ** 2
+    f = np.fft.rfftfreq(hum.size, 1 / 16_000)
+    peaks = f[np.argsort(power)[-5:]]
+    assert sorted(np.round(peaks).tolist()) == [60, 120, 180, 240, 300]  # the fundamental and 4 harmonics
+
+    ir = mdc.impulse_response(0.6, 10.0, 0.5, np.random.default_rng(0))
+    assert ir.size == 1 + 160 + 9600  # direct path, 10 ms pre-delay, RT60
+    assert int(np.argmax(np.abs(ir))) == 0 and ir[0] == mdc.IR_DIRECT  # the direct path is the peak
+    assert not ir[1:161].any() and np.abs(ir[161:]).max() == pytest.approx(0.5 * mdc.IR_DIRECT)
+    tail = ir[161:] ** 2
+    first, last = tail[:2400].sum(), tail[-2400:].sum()  # first and last quarter of the tail
+    assert 10 * np.log10(last / first) < -35  # 60 dB over the RT60: ~45 dB between the quarters
+
+
+def test_plan_noise_and_irs_use_training_speech_only():
+    counts = mdc.Counts(asr=40, instruct=3, text=3, bench=5)
+    assert counts.scaled(0.01).noise == counts.noise == 12 and counts.scaled(0.01).ir == 40  # not scaled
+    plan = mdc.plan_corpus(0, counts)
+    assert plan == mdc.plan_corpus(0, counts)
+    noise, irs = plan.clip_pools["noise"], plan.clip_pools["ir"]
+    assert len(noise) == 12 * len(mdc.NOISE_TYPES) and len(irs) == 40
+    assert {t: sum(c.meta["noise"] == t for c in noise) for t in mdc.NOISE_TYPES} == dict.fromkeys(mdc.NOISE_TYPES, 12)
+    assert all(4.0 <= c.seconds <= 8.0 and c.meta["kind"] == "noise" for c in noise)
+    train = {s.key: s.job for p in ("train/asr_en", "train/asr_ru") for s in plan.pools[p]}
+    bench = {s.job for p, ss in plan.pools.items() if p.startswith("bench/") for s in ss}
+    babble = [c for c in noise if c.meta["noise"] == "babble"]
+    for c in babble:
+        assert 4 <= len(c.talkers) <= 6 and len(set(c.meta["talkers"])) == len(c.talkers)
+        assert [train[k] for k in c.meta["talkers"]] == list(c.talkers)  # training clips, by key and job
+        assert not set(c.talkers) & bench
+        assert all(-8.0 <= x <= 0.0 for x in c.meta["levels_db"])
+    assert {c.meta["hum_hz"] for c in noise if c.meta["noise"] == "hum"} == {50.0, 60.0}
+    for c in irs:
+        assert 0.15 <= c.meta["rt60_s"] <= 0.9 and 3.0 <= c.meta["predelay_ms"] <= 20.0
+        assert c.seconds == pytest.approx(c.meta["rt60_s"] + c.meta["predelay_ms"] / 1000, abs=1e-3)
+    assert max(c.meta["rt60_s"] for c in irs) - min(c.meta["rt60_s"] for c in irs) > 0.5  # rooms to halls
+
+
 def test_tiny_models_and_tokenizer_reload_offline(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
@@ -142,8 +203,8 @@ def test_tiny_models_and_tokenizer_reload_offline(tmp_path):
     fe = WhisperFeatureExtractor.from_pretrained(tmp_path / "whisper")
     enc = WhisperModel.from_pretrained(tmp_path / "whisper").get_encoder()
     feats = fe(np.zeros(16000, dtype=np.float32), sampling_rate=16000, return_tensors="pt").input_features
-    assert feats.shape == (1, 80, 400)  # 4 s window
-    assert enc(feats).last_hidden_state.shape == (1, 200, 32)
+    assert feats.shape == (1, 80, 300)  # 3 s window
+    assert enc(feats).last_hidden_state.shape == (1, 150, 32)
 
     tok2 = AutoTokenizer.from_pretrained(tmp_path / "qwen3")
     lm = AutoModelForCausalLM.from_pretrained(tmp_path / "qwen3")
@@ -202,11 +263,59 @@ def test_tiny_demo_bench_is_held_out(tiny_demo):
 
 
 @needs_espeak
+def test_tiny_demo_noise_and_ir_pools(tiny_demo):
+    from borealis.augmentations import BackgroundNoise, ImpulseResponse
+    from borealis.shards import iter_shard, list_shards
+
+    out, summary = tiny_demo
+    counts = {"noise": 12 * len(mdc.NOISE_TYPES), "ir": 40}
+    clips = {}
+    for pool in CLIP_POOLS:
+        index = json.loads((out / "shards" / pool / "index.json").read_text())
+        assert index["num_samples"] == counts[pool] == summary["pools"][pool]["samples"], pool
+        clips[pool] = [s for path in list_shards(out / "shards" / pool) for s in iter_shard(path)]
+        assert len(clips[pool]) == counts[pool] and all(s["meta"]["kind"] == pool for s in clips[pool])
+    assert summary["pools"]["noise"]["types"] == dict.fromkeys(mdc.NOISE_TYPES, 12)
+    assert summary["augmentation"]["ir"]["rt60_s"] == [0.15, 0.9]
+
+    noise = clips["noise"]
+    assert all(4.0 <= s["duration"] <= 8.0 and "text" not in s["meta"] for s in noise)
+    assert all(np.abs(s["audio"]).max() > 0.5 for s in noise)  # peak-normalised to 0.7, never silent
+    train_keys = {s["key"] for p in ("train/asr_en", "train/asr_ru")
+                  for path in list_shards(out / "shards" / p) for s in iter_shard(path)}
+    bench_keys = {s["key"] for p in POOLS if p.startswith("bench/")
+                  for path in list_shards(out / "shards" / p) for s in iter_shard(path)}
+    babble = [s for s in noise if s["meta"]["noise"] == "babble"]
+    assert len(babble) == 12
+    for s in babble:  # babble mixes training speech only, looped through the whole clip
+        talkers = s["meta"]["talkers"]
+        assert 4 <= len(talkers) <= 6 and set(talkers) <= train_keys and not set(talkers) & bench_keys
+        frames = s["audio"][: s["audio"].size // 1600 * 1600].reshape(-1, 1600)  # 100 ms frames
+        assert (np.sqrt((frames ** 2).mean(1)) > 0.01).mean() > 0.95
+
+    for s in clips["ir"]:
+        ir, meta = s["audio"], s["meta"]
+        assert int(np.argmax(np.abs(ir))) == 0  # the direct path at t=0: ImpulseResponse aligns on it
+        assert s["duration"] == pytest.approx(meta["rt60_s"] + meta["predelay_ms"] / 1000, abs=2e-3)
+        q = ir.size // 4
+        energy = np.sum(ir[-q:].astype(np.float64) ** 2) / np.sum(ir[:q].astype(np.float64) ** 2)
+        assert energy < 1e-3, (s["key"], energy)  # decays: the last quarter > 30 dB below the first
+
+    rng = np.random.default_rng(0)
+    speech = (0.3 * np.sin(2 * np.pi * 220 * np.arange(32_000) / 16_000)).astype(np.float32)
+    noisy = BackgroundNoise(pool=str(out / "shards" / "noise"), snr_db=(10.0, 10.0), p=1.0)
+    reverb = ImpulseResponse(pool=str(out / "shards" / "ir"), p=1.0)
+    for effect in (noisy, reverb):
+        effect.check()
+        assert effect.apply(speech, rng).shape == speech.shape
+
+
+@needs_espeak
 def test_tiny_demo_models_reload_and_tokenizer_round_trips_corpus(tiny_demo):
     from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
     out, summary = tiny_demo
-    assert WhisperModel.from_pretrained(out / "models/whisper").config.max_source_positions == 200
+    assert WhisperModel.from_pretrained(out / "models/whisper").config.max_source_positions == 150
     assert WhisperFeatureExtractor.from_pretrained(out / "models/whisper").feature_size == 80
     tok = AutoTokenizer.from_pretrained(out / "models/qwen3")
     assert AutoModelForCausalLM.from_pretrained(out / "models/qwen3").config.vocab_size == len(tok)
@@ -228,7 +337,7 @@ def test_same_seed_gives_identical_shards(tiny_demo, tmp_path):
     again = mdc.main(["--out", str(tmp_path / "again"), *TINY_ARGS])
     drop_out = lambda s: {k: v for k, v in s.items() if k != "args"}  # noqa: E731
     assert drop_out(again) == drop_out(summary)
-    for pool in POOLS:
+    for pool in POOLS + CLIP_POOLS:
         a = json.loads((out / "shards" / pool / "index.json").read_text())
         b = json.loads((tmp_path / "again" / "shards" / pool / "index.json").read_text())
         assert a == b, pool  # sha256 of every shard: same sentences, voices, audio

@@ -1,11 +1,14 @@
-"""Generate the embedded CPU demo: espeak-ng speech, a tiny Whisper, a tiny Qwen3, shards.
+"""Generate the embedded CPU demo: espeak-ng speech, noise and IR pools, a tiny Whisper and Qwen3.
 
 What: `python tools/make_demo_corpus.py --out demo` writes, deterministically for `--seed`,
-    demo/models/whisper/   random Whisper (~0.9M-param encoder, 4 s window) + feature extractor
+    demo/models/whisper/   random Whisper (~0.9M-param encoder, 3 s window) + feature extractor
     demo/models/qwen3/     random 2-layer Qwen3 + a byte-level BPE tokenizer trained here (ChatML)
     demo/shards/train/{asr_en,asr_ru,instruct,text}/   training pools (ShardWriter format)
     demo/shards/bench/{demo_en,demo_ru,demo_en_noisy}/ held-out benchmarks
-    demo/corpus.json       summary: counts, hours, vocabularies, voices, parameter counts
+    demo/shards/noise/     60 noise clips, 4-8 s: white, pink, brown, mains hum, babble (12 each)
+    demo/shards/ir/        40 room impulse responses, RT60 0.15-0.9 s
+    demo/corpus.json       summary: counts, hours, vocabularies, voices, noise/IR parameters,
+                           parameter counts
 
 Why: the end-to-end CPU demo must show a model that really learns ASR in ~8 minutes on two
 cores. In a trial on such a machine a ~1M-param Whisper-style encoder with a 2-layer Qwen3
@@ -15,10 +18,22 @@ command words per language (English, Russian), 2-6 words per utterance (< 5 s of
 Benchmarks use sentences never seen in training, spoken by espeak variants never used in
 training (in either language); `demo_en_noisy` is `demo_en` with white/pink noise at 15-25 dB
 SNR, so the clean/noisy WER gap measures noise alone.
+The noise and IR pools let the demo run the augmentation curriculum (`BackgroundNoise`,
+`ImpulseResponse` in configs/demo.yaml) without downloading MUSAN or RIR corpora. Noise is
+coloured (white, pink ~1/f, brown ~1/f^2, flat below 20 Hz), mains hum (50 or 60 Hz, 3-8
+harmonics, pink noise 20-35 dB under it), or babble: 4-6 clips of train/asr_{en,ru} (never
+benchmark speech, which would leak into training), each looped through the clip from a
+random offset, at -8..0 dB.
+An IR is a direct-path impulse at t=0, a 3-20 ms pre-delay, then Gaussian noise decaying
+60 dB over its RT60 (drawn 0.15-0.9 s: small room to hall); its tail peaks at 0.2-0.7 of the
+direct path, so the effect's peak alignment keeps speech in place. Every parameter is in
+the sample's JSON.
 
 Cost: ~9k espeak-ng calls (~11 ms each, mostly process start-up) run `--workers` at a time,
-while the main thread resamples and writes FLAC shards. The default run (9650 samples, 3.5 h
-of audio) writes 263 MB and took 100 s on a 2-core machine shared with other jobs (load ~4).
+while the main thread resamples and writes FLAC shards. The default run (9650 speech samples,
+3.0 h of audio) writes 263 MB and took 100 s on a 2-core machine shared with other jobs
+(load ~4), 60 s unloaded. The noise and IR pools (100 clips, 6.4 min of audio, 9.7 MB)
+are synthesised with numpy FFTs in < 1 s; babble reuses speech already synthesised.
 Threads, not processes, drive the pool: each call is its own espeak-ng process, so `workers`
 threads already keep `workers` cores busy, without pickling audio between processes or
 forking a parent that may have torch's thread pools running (as under pytest).
@@ -37,8 +52,8 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +93,23 @@ BENCH_VARIANTS = ("m3", "m6", "f2", "f4", "klatt2", "Andy", "linda", "travis")
 TRAIN_SPEED, BENCH_SPEED = (130, 200), (140, 185)  # words per minute (espeak default 175)
 TRAIN_PITCH, BENCH_PITCH = (25, 75), (35, 65)  # 0-99 (espeak default 50)
 NOISE_SNR_DB = (15.0, 25.0)
+BENCH_NOISE = ("white", "pink")  # demo_en_noisy's noise kinds
 PEAK = 0.7  # clip peak after synthesis: headroom for resampling overshoot and added noise
+
+# Augmentation pools (shards/noise, shards/ir) for augmentations.BackgroundNoise / ImpulseResponse.
+CLIP_RATE = 16_000  # noise and IRs are synthesised at the shard rate (babble mixes espeak audio)
+NOISE_TYPES = ("white", "pink", "brown", "hum", "babble")
+NOISE_SECONDS = (4.0, 8.0)
+NOISE_FLOOR_HZ = 20.0  # pink/brown spectra are held flat below: no sub-audio drift
+HUM_HZ = (50.0, 60.0)  # mains fundamentals (Europe/Asia, Americas)
+HUM_HARMONICS = (3, 8)  # partials, the fundamental included
+HUM_NOISE_DB = (20.0, 35.0)  # hum power over the pink noise under it
+BABBLE_TALKERS = (4, 6)  # training speech clips per babble clip
+BABBLE_LEVEL_DB = (-8.0, 0.0)  # per talker, relative to unit RMS
+IR_RT60 = (0.15, 0.9)  # seconds: small room to hall
+IR_PREDELAY_MS = (3.0, 20.0)  # gap between the direct path and the reverberant tail
+IR_REVERB_PEAK = (0.2, 0.7)  # tail peak relative to the direct path (always the IR's peak)
+IR_DIRECT = 0.9  # direct-path amplitude at t=0
 
 
 @dataclass(frozen=True)
@@ -230,9 +261,24 @@ class Counts:
     instruct: int = 300  # train/instruct, per language
     text: int = 300  # train/text, per language
     bench: int = 150  # bench/demo_{en,ru} (and demo_en_noisy), each
+    noise: int = 12  # shards/noise clips per noise type (not scaled: < 1 s to build in all)
+    ir: int = 40  # shards/ir impulse responses (not scaled)
 
     def scaled(self, factor: float) -> Counts:
-        return Counts(*(max(1, round(v * factor)) for v in (self.asr, self.instruct, self.text, self.bench)))
+        """Speech and text counts times `factor` (at least 1 each); the noise and IR counts stay."""
+        scaled = ("asr", "instruct", "text", "bench")
+        return replace(self, **{k: max(1, round(getattr(self, k) * factor)) for k in scaled})
+
+
+@dataclass
+class Clip:
+    """One noise or impulse-response clip to synthesise: its key, metadata (every planned
+    parameter) and duration; a babble clip also lists the training speech it mixes."""
+
+    key: str
+    meta: dict
+    seconds: float
+    talkers: tuple[SynthJob, ...] = ()
 
 
 @dataclass
@@ -240,6 +286,7 @@ class CorpusPlan:
     """Every pool's samples, in write order, before any audio exists."""
 
     pools: dict[str, list[Sample]] = field(default_factory=dict)  # "train/asr_en" -> samples
+    clip_pools: dict[str, list[Clip]] = field(default_factory=dict)  # "noise", "ir" -> clips
     bench_sentences: dict[str, set[str]] = field(default_factory=dict)
     train_texts: list[str] = field(default_factory=list)  # everything the tokenizer should see
 
@@ -349,6 +396,8 @@ def plan_corpus(seed: int, counts: Counts) -> CorpusPlan:
         meta = dict(clean.meta, source="demo_en_noisy", noise=kind, snr_db=snr)
         noisy.append(Sample(clean.key.replace("demo_en", "demo_en_noisy"), meta, clean.job, (kind, snr)))
     plan.pools["bench/demo_en_noisy"] = noisy
+    plan.clip_pools["noise"] = plan_noise(seed, counts.noise, plan.pools["train/asr_en"] + plan.pools["train/asr_ru"])
+    plan.clip_pools["ir"] = plan_irs(seed, counts.ir)
 
     for code in LANGUAGES:  # internal invariants: the benchmarks are held out
         train = {s.meta["text"] for p, ss in plan.pools.items() if p.startswith("train/")
@@ -357,7 +406,51 @@ def plan_corpus(seed: int, counts: Counts) -> CorpusPlan:
     train_voices = {s.job.voice for p, ss in plan.pools.items() if p.startswith("train/") for s in ss if s.job}
     bench_voices = {s.job.voice for p, ss in plan.pools.items() if p.startswith("bench/") for s in ss}
     assert not train_voices & bench_voices, "benchmark voices leaked into training"
+    bench_jobs = {s.job for p, ss in plan.pools.items() if p.startswith("bench/") for s in ss}
+    assert not bench_jobs & {j for c in plan.clip_pools["noise"] for j in c.talkers}, "benchmark speech in babble"
     return plan
+
+
+def plan_noise(seed: int, per_type: int, speech: Sequence[Sample]) -> list[Clip]:
+    """`per_type` clips of each of `NOISE_TYPES`, 4-8 s each; babble mixes clips of `speech`.
+
+    `speech` must be training clips: babble heard in training must not hold benchmark audio.
+    A babble clip draws 4-6 distinct clips (with replacement only when `speech` has fewer).
+    """
+    rng = rng_for(seed, "noise")
+    clips: list[Clip] = []
+    for kind in NOISE_TYPES:
+        for i in range(per_type):
+            meta: dict = {"kind": "noise", "source": "synthetic", "noise": kind}
+            seconds = round(float(rng.uniform(*NOISE_SECONDS)), 2)
+            talkers: tuple[SynthJob, ...] = ()
+            if kind == "hum":
+                meta.update(hum_hz=HUM_HZ[rng.integers(len(HUM_HZ))],
+                            harmonics=int(rng.integers(HUM_HARMONICS[0], HUM_HARMONICS[1] + 1)),
+                            noise_db=round(float(rng.uniform(*HUM_NOISE_DB)), 1))
+            elif kind == "babble":
+                k = int(rng.integers(BABBLE_TALKERS[0], BABBLE_TALKERS[1] + 1))
+                chosen = [speech[j] for j in rng.choice(len(speech), size=k, replace=len(speech) < k)]
+                talkers = tuple(c.job for c in chosen)
+                meta.update(talkers=[c.key for c in chosen],
+                            levels_db=[round(float(x), 1) for x in rng.uniform(*BABBLE_LEVEL_DB, size=k)])
+            clips.append(Clip(f"noise_{kind}-{i:06d}", meta, seconds, talkers))
+    return clips
+
+
+def plan_irs(seed: int, count: int) -> list[Clip]:
+    """`count` impulse responses: RT60 0.15-0.9 s, a 3-20 ms pre-delay, tail level 0.2-0.7 of
+    the direct path; each lasts 1 sample + pre-delay + RT60 (its tail ends 60 dB down)."""
+    rng = rng_for(seed, "ir")
+    clips = []
+    for i in range(count):
+        rt60 = round(float(rng.uniform(*IR_RT60)), 3)
+        predelay = round(float(rng.uniform(*IR_PREDELAY_MS)), 1)
+        meta = {"kind": "ir", "source": "synthetic", "rt60_s": rt60, "predelay_ms": predelay,
+                "reverb_peak": round(float(rng.uniform(*IR_REVERB_PEAK)), 2)}
+        frames = 1 + round(predelay * CLIP_RATE / 1000) + round(rt60 * CLIP_RATE)  # as `impulse_response` makes it
+        clips.append(Clip(f"ir-{i:06d}", meta, frames / CLIP_RATE))
+    return clips
 
 
 # ----------------------------------------------------------------------------- speech
@@ -431,22 +524,100 @@ def synthesize_many(jobs: Sequence[SynthJob], workers: int, *, max_seconds: floa
             yield audio
 
 
+def coloured_noise(n: int, colour: str, rng: np.random.Generator, *, floor_bin: float = 1.0) -> np.ndarray:
+    """`n` samples (float64) of white, pink (power ~ 1/f) or brown (~ 1/f^2) Gaussian noise.
+
+    Shaped in the frequency domain; bins below `floor_bin` (at least bin 1) get the gain of
+    `floor_bin`, so a floor of 20 Hz keeps brown noise from turning into a slow drift.
+    """
+    white = rng.standard_normal(n)
+    if colour == "white":
+        return white
+    if colour not in ("pink", "brown"):
+        raise ValueError(f"noise colour {colour!r} is not one of white, pink, brown")
+    spectrum = np.fft.rfft(white)
+    f = np.arange(spectrum.size, dtype=np.float64)
+    f[0] = 1.0
+    f = np.maximum(f, floor_bin)
+    return np.fft.irfft(spectrum / (np.sqrt(f) if colour == "pink" else f), n)
+
+
 def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator) -> np.ndarray:
     """`audio` plus white or pink (1/f power) noise at `snr_db` dB relative to its mean power."""
-    n = audio.size
-    white = rng.standard_normal(n)
-    if kind == "pink":
-        spectrum = np.fft.rfft(white)
-        f = np.arange(spectrum.size, dtype=np.float64)
-        f[0] = 1.0
-        noise = np.fft.irfft(spectrum / np.sqrt(f), n)
-    elif kind == "white":
-        noise = white
-    else:
-        raise ValueError(f"noise kind {kind!r} is not one of white, pink")
+    if kind not in BENCH_NOISE:
+        raise ValueError(f"noise kind {kind!r} is not one of {', '.join(BENCH_NOISE)}")
+    noise = coloured_noise(audio.size, kind, rng)
     signal_power = float(np.mean(audio.astype(np.float64) ** 2))
     noise *= np.sqrt(signal_power / (10 ** (snr_db / 10)) / max(float(np.mean(noise ** 2)), 1e-20))
     return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
+
+
+def _power(x: np.ndarray) -> float:
+    return max(float(np.mean(np.square(x, dtype=np.float64))), 1e-20)
+
+
+def mains_hum(n: int, hz: float, harmonics: int, noise_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Mains hum at `CLIP_RATE`: `harmonics` partials of `hz` (amplitudes ~ U(0.3, 1)/k, random
+    phases) over pink noise `noise_db` dB below the hum's power."""
+    k = np.arange(1, harmonics + 1)
+    amplitudes = rng.uniform(0.3, 1.0, harmonics) / k
+    phases = rng.uniform(0.0, 2 * np.pi, harmonics)
+    t = np.arange(n)[:, None] / CLIP_RATE
+    hum = np.sin(2 * np.pi * hz * k * t + phases) @ amplitudes  # (n, harmonics) @ (harmonics,) -> (n,)
+    noise = coloured_noise(n, "pink", rng, floor_bin=NOISE_FLOOR_HZ * n / CLIP_RATE)
+    return hum + noise * np.sqrt(_power(hum) / _power(noise) / 10 ** (noise_db / 10))
+
+
+def babble(talkers: Sequence[np.ndarray], levels_db: Sequence[float], seconds: float,
+           rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """Sum of speech clips (at `ESPEAK_RATE`), each at unit RMS times its level, looped to fill
+    `seconds` and rotated by a random offset, so every talker speaks throughout (placed once,
+    4-6 clips of ~2 s leave most of a 4-8 s clip to one talker or none); returns the mix and
+    the offsets in seconds."""
+    n = round(seconds * ESPEAK_RATE)
+    mix = np.zeros(n)
+    offsets = []
+    for speech, level in zip(talkers, levels_db):
+        x = speech.astype(np.float64) * (10 ** (level / 20) / np.sqrt(_power(speech)))
+        start = int(rng.integers(x.size))
+        mix += np.tile(x, n // x.size + 2)[start:start + n]  # this talker's clip repeats from `start`
+        offsets.append(round(start / ESPEAK_RATE, 3))
+    return mix, offsets
+
+
+def impulse_response(rt60: float, predelay_ms: float, reverb_peak: float, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic room IR at `CLIP_RATE`: a direct-path impulse (`IR_DIRECT`) at t=0, silence
+    for the pre-delay, then Gaussian noise decaying 60 dB over `rt60` seconds, whose peak is
+    `reverb_peak` of the direct path (so `ImpulseResponse`'s peak alignment finds t=0)."""
+    pre, tail_n = round(predelay_ms * CLIP_RATE / 1000), round(rt60 * CLIP_RATE)
+    t = np.arange(tail_n) / CLIP_RATE
+    tail = rng.standard_normal(tail_n) * 10 ** (-3 * t / rt60)  # amplitude -60 dB at rt60
+    ir = np.zeros(1 + pre + tail_n)
+    ir[0] = IR_DIRECT
+    ir[1 + pre:] = tail * (reverb_peak * IR_DIRECT / np.abs(tail).max())
+    return ir
+
+
+def render_clip(clip: Clip, seed: int, speech: dict[SynthJob, np.ndarray]) -> tuple[dict, np.ndarray, int]:
+    """The metadata (with what was drawn here), audio and its rate of a planned noise/IR clip.
+
+    Waveforms draw from their own generator (seed, key), so a clip does not depend on the
+    others; `speech` holds the babble talkers' synthesised audio.
+    """
+    rng = rng_for(seed, f"clip_{clip.key}")
+    meta, rate = dict(clip.meta), CLIP_RATE
+    n = round(clip.seconds * CLIP_RATE)
+    kind = meta.get("noise")
+    if meta["kind"] == "ir":
+        return meta, impulse_response(meta["rt60_s"], meta["predelay_ms"], meta["reverb_peak"], rng), rate
+    if kind == "hum":
+        audio = mains_hum(n, meta["hum_hz"], meta["harmonics"], meta["noise_db"], rng)
+    elif kind == "babble":
+        audio, meta["offsets_s"] = babble([speech[j] for j in clip.talkers], meta["levels_db"], clip.seconds, rng)
+        rate = ESPEAK_RATE
+    else:
+        audio = coloured_noise(n, kind, rng, floor_bin=NOISE_FLOOR_HZ * n / CLIP_RATE)
+    return meta, audio * (PEAK / np.abs(audio).max()), rate
 
 
 # ----------------------------------------------------------------------------- models
@@ -483,12 +654,13 @@ def _params(module) -> int:
 
 
 def build_tiny_whisper(out_dir: Path, *, dim: int = 128, layers: int = 4, heads: int = 4, ffn: int = 512,
-                       mel_bins: int = 80, max_source_positions: int = 200, seed: int = 0) -> dict[str, int]:
+                       mel_bins: int = 80, max_source_positions: int = 150, seed: int = 0) -> dict[str, int]:
     """Save a random Whisper (`WhisperModel`) and its `WhisperFeatureExtractor` to `out_dir`.
 
     Only the encoder matters to Borealis; the decoder is one minimal layer with a 64-token
     vocabulary so it costs nothing. `max_source_positions` positions cover twice as many mel
-    frames (10 ms each): 200 -> 4 s, the window every demo clip fits in (the longest is ~3.4 s).
+    frames (10 ms each): 150 -> 3 s, the window every demo clip fits in (the longest is ~2.7 s;
+    a tighter window wastes less encoder work on padding).
 
     Returns:
         Parameter counts: {"encoder": ..., "total": ...}.
@@ -558,29 +730,51 @@ def build_tiny_qwen3(out_dir: Path, tokenizer, *, dim: int = 256, layers: int = 
 
 
 # ----------------------------------------------------------------------------- writing
-def write_pool(pool_dir: Path, samples: Sequence[Sample], *, seed: int, workers: int, shard_size: int,
-               cache: dict[SynthJob, np.ndarray], retain: bool = False, max_seconds: float = 5.5) -> dict:
-    """Synthesise (or reuse from `cache`) and write one pool; returns its summary entry."""
+def _write_samples(pool_dir: Path, rows: Iterable[tuple[str, dict, np.ndarray | None, int]], shard_size: int) -> dict:
+    """Write (key, meta, audio, rate) rows as one pool; returns its samples, hours, shards and tasks."""
     from borealis.shards import ShardWriter
 
+    with ShardWriter(pool_dir, max_samples=shard_size) as writer:
+        for key, meta, audio, rate in rows:
+            writer.write(key, meta, audio, sample_rate=rate)
+    index = writer.close()  # idempotent: the index written on exit
+    return {"samples": index["num_samples"], "hours": round(index["duration"] / 3600, 4),
+            "shards": len(index["shards"]), "tasks": index["tasks"]}
+
+
+def write_pool(pool_dir: Path, samples: Sequence[Sample], *, seed: int, workers: int, shard_size: int,
+               cache: dict[SynthJob, np.ndarray], retain: Container[SynthJob] = (), max_seconds: float = 5.5) -> dict:
+    """Synthesise (or reuse from `cache`) and write one pool; returns its summary entry.
+
+    The audio of jobs in `retain` is kept in `cache` for later pools (demo_en_noisy, babble).
+    """
     known = set(cache)
     stream = synthesize_many([s.job for s in samples if s.job is not None and s.job not in known], workers,
                              max_seconds=max_seconds)
-    languages: collections.Counter[str] = collections.Counter()
-    with ShardWriter(pool_dir, max_samples=shard_size) as writer:
+
+    def rows() -> Iterator[tuple[str, dict, np.ndarray | None, int]]:
         for s in samples:
             audio = None
             if s.job is not None:
                 audio = cache[s.job] if s.job in known else next(stream)
-                if retain:
+                if s.job in retain:
                     cache[s.job] = audio
                 if s.noise is not None:
                     audio = add_noise(audio, *s.noise, rng_for(seed, f"noise_{s.key}"))
-            writer.write(s.key, s.meta, audio, sample_rate=ESPEAK_RATE)
-            languages[s.meta["language"]] += 1
-    index = writer.close()  # idempotent: the index written on exit
-    return {"samples": index["num_samples"], "hours": round(index["duration"] / 3600, 4),
-            "shards": len(index["shards"]), "languages": dict(sorted(languages.items())), "tasks": index["tasks"]}
+            yield s.key, s.meta, audio, ESPEAK_RATE
+
+    summary = _write_samples(pool_dir, rows(), shard_size)
+    summary["languages"] = dict(sorted(collections.Counter(s.meta["language"] for s in samples).items()))
+    return summary
+
+
+def write_clip_pool(pool_dir: Path, clips: Sequence[Clip], *, seed: int, shard_size: int,
+                    speech: dict[SynthJob, np.ndarray]) -> dict:
+    """Synthesise and write a noise or IR pool; returns its summary entry (with the noise types)."""
+    summary = _write_samples(pool_dir, ((c.key, *render_clip(c, seed, speech)) for c in clips), shard_size)
+    del summary["tasks"]  # noise/IR samples have none
+    types = collections.Counter(c.meta["noise"] for c in clips if "noise" in c.meta)
+    return {**summary, "types": dict(types)} if types else summary
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -611,14 +805,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bench-per-language", type=int, default=Counts.bench,
                    help="clips in bench/demo_en, demo_ru (and demo_en_noisy)")
     g.add_argument("--shard-size", type=int, default=500, help="samples per tar shard")
+    g = p.add_argument_group("augmentation pools (shards/noise, shards/ir; not scaled by --scale, < 1 s to build)")
+    g.add_argument("--noise-per-type", type=int, default=Counts.noise,
+                   help=f"noise clips ({NOISE_SECONDS[0]:g}-{NOISE_SECONDS[1]:g} s) per type: {', '.join(NOISE_TYPES)}")
+    g.add_argument("--irs", type=int, default=Counts.ir,
+                   help=f"impulse responses, RT60 {IR_RT60[0]:g}-{IR_RT60[1]:g} s")
     g = p.add_argument_group("tiny Whisper (encoder ~0.9M params at the defaults)")
     g.add_argument("--encoder-dim", type=int, default=128, help="d_model")
     g.add_argument("--encoder-layers", type=int, default=4, help="transformer layers")
     g.add_argument("--encoder-heads", type=int, default=4, help="attention heads (divide --encoder-dim)")
     g.add_argument("--encoder-ffn", type=int, default=512, help="feed-forward width (4x d_model)")
     g.add_argument("--mel-bins", type=int, default=80, help="80 as Whisper <= v2")
-    g.add_argument("--max-source-positions", type=int, default=200,
-                   help="encoder positions; 2 mel frames each, 200 -> 4 s window (multiple of 50)")
+    g.add_argument("--max-source-positions", type=int, default=150,
+                   help="encoder positions; 2 mel frames each, 150 -> 3 s window (multiple of 50)")
     g = p.add_argument_group("tiny Qwen3 (~1.9M params at the defaults)")
     g.add_argument("--llm-dim", type=int, default=256, help="hidden size")
     g.add_argument("--llm-layers", type=int, default=2, help="decoder layers")
@@ -626,7 +825,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--llm-kv-heads", type=int, default=2, help="key/value heads (GQA)")
     g.add_argument("--llm-head-dim", type=int, default=64, help="per-head width (Qwen3 sets it apart from hidden)")
     g.add_argument("--llm-ffn", type=int, default=768, help="MLP width (3x hidden)")
-    g.add_argument("--llm-max-positions", type=int, default=1024, help="50 audio slots (4 s) + prompt fit easily")
+    g.add_argument("--llm-max-positions", type=int, default=1024, help="38 audio slots (3 s) + prompt fit easily")
     g.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary cap (the corpus needs fewer)")
     args = p.parse_args(argv)
     problems = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in vars(args).items()
@@ -660,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_espeak()
     _prepare_out(args.out, args.overwrite)
     counts = Counts(args.asr_per_language, args.instruct_per_language, args.text_per_language,
-                    args.bench_per_language).scaled(args.scale)
+                    args.bench_per_language, args.noise_per_type, args.irs).scaled(args.scale)
     plan = plan_corpus(args.seed, counts)
 
     texts = plan.train_texts + [DEFAULT_SYSTEM_PROMPT, *ASR_PROMPTS.values()]
@@ -681,13 +880,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         log.warning("a %.1f s encoder window is short for the demo's 2-6 word utterances", max_seconds / 0.95)
     pools: dict[str, dict] = {}
     cache: dict[SynthJob, np.ndarray] = {}
+    retain = {s.job for s in plan.pools["bench/demo_en"]} | {j for c in plan.clip_pools["noise"] for j in c.talkers}
     for name, samples in plan.pools.items():
         t0 = time.monotonic()
         pools[name] = write_pool(args.out / "shards" / name, samples, seed=args.seed, workers=args.workers,
-                                 shard_size=args.shard_size, cache=cache, retain=name == "bench/demo_en",
-                                 max_seconds=max_seconds)
+                                 shard_size=args.shard_size, cache=cache, retain=retain, max_seconds=max_seconds)
         log.info("%-22s %5d samples, %.3f h, %.1f s", name, len(samples), pools[name]["hours"],
                  time.monotonic() - t0)
+    for name, clips in plan.clip_pools.items():
+        t0 = time.monotonic()
+        pools[name] = write_clip_pool(args.out / "shards" / name, clips, seed=args.seed, shard_size=args.shard_size,
+                                      speech=cache)
+        log.info("%-22s %5d clips,   %.3f h, %.1f s", name, len(clips), pools[name]["hours"], time.monotonic() - t0)
 
     def voices(prefix: str, code: str) -> list[str]:
         return sorted({s.job.voice for n, ss in plan.pools.items() if n.startswith(prefix)
@@ -707,6 +911,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "prosody": {"train_speed_wpm": list(TRAIN_SPEED), "bench_speed_wpm": list(BENCH_SPEED),
                     "train_pitch": list(TRAIN_PITCH), "bench_pitch": list(BENCH_PITCH),
                     "noise_snr_db": list(NOISE_SNR_DB)},
+        "augmentation": {  # shards/noise and shards/ir, for augmentations.BackgroundNoise / ImpulseResponse
+            "noise": {"pool": "shards/noise", "types": list(NOISE_TYPES), "per_type": counts.noise,
+                      "seconds": list(NOISE_SECONDS), "floor_hz": NOISE_FLOOR_HZ, "hum_hz": list(HUM_HZ),
+                      "hum_harmonics": list(HUM_HARMONICS), "hum_noise_db": list(HUM_NOISE_DB),
+                      "babble_talkers": list(BABBLE_TALKERS), "babble_level_db": list(BABBLE_LEVEL_DB),
+                      "babble_speech": ["train/asr_en", "train/asr_ru"], "peak": PEAK},
+            "ir": {"pool": "shards/ir", "count": counts.ir, "rt60_s": list(IR_RT60),
+                   "predelay_ms": list(IR_PREDELAY_MS), "reverb_peak": list(IR_REVERB_PEAK), "direct": IR_DIRECT},
+        },
         "parameters": {"whisper_encoder": whisper["encoder"], "whisper_total": whisper["total"],
                        "qwen3": qwen3["total"], "qwen3_embedding": qwen3["embedding"]},
         "models": {"whisper": "models/whisper", "qwen3": "models/qwen3"},
