@@ -1,0 +1,495 @@
+"""Training-step throughput, MFU and peak memory of Borealis-5B on one GPU.
+
+What: builds Borealis at the flagship shapes of `configs/it_fresh.yaml` (Whisper-large-v3
+encoder, frozen -> 4x stacking -> 19.7M adapter -> Qwen3-4B with LoRA r=256, alpha=512 on all
+7 projections) with random weights (nothing is downloaded), and times training steps on
+synthetic batches. Several variants run in one process; the table gives each one's speed-up
+against the first (baseline) row measured in the same run.
+
+Variants, in order (`--variants` picks a subset; the first one run is the baseline):
+    baseline    --seconds (30 s) clips, trim_audio_tokens=False: the seed's recipe and
+                it_fresh.yaml. Every clip fills the whole window: 375 audio slots.
+    trim        the same clips with trim_audio_tokens=True. Identical work for 30 s clips
+                (375 slots either way): a control that should read ~1.00x.
+    short       --short-seconds (10 s) clips, untrimmed: still 375 slots each.
+    short_trim  the same short clips, trimmed: 125 slots. Trimming only shortens the LLM
+                sequence; Whisper always encodes the full 30 s window, and the adapter runs
+                on all 375 stacked frames before the splice drops the unused ones.
+    grad_ckpt   baseline + activation checkpointing of the LLM's decoder layers: its forward
+                runs twice, for activation memory of roughly one layer instead of all 36.
+                Skipped if the LLM does not support it.
+
+One step, as Lightning runs it with `precision: bf16-mixed` and `gradient_clip_val: 1.0`:
+forward under `torch.autocast(bfloat16)`, backward, clip the grad norm to 1, AdamW step over
+the trainable parameters, zero_grad. Frozen weights are bf16 and trainable ones (LoRA +
+adapter) float32, as `BorealisLightningModule.configure_model` leaves them with
+`base_dtype: bfloat16`. Every row is one fixed batch of equal-length rows (no padding), built
+on the device; data loading is not measured. With it_fresh's `accumulate_grad_batches: 16` the
+optimizer step runs once per 16 micro-batches, so these steps slightly overstate its cost.
+
+FLOPs and MFU: `step_flops` counts the matmul work a step must do (formulas in its
+docstring); MFU = those FLOPs / median step time / `--peak-tflops`. The default, 989 TFLOP/s,
+is the H100 SXM's dense bf16 peak (the H200 has the same); use 756 for an H100 PCIe. Like
+PaLM's MFU it counts model FLOPs only: checkpointing's recompute is not counted, so
+grad_ckpt shows a lower MFU for the same work. On the CPU the MFU column is only arithmetic.
+
+Cost: every variant builds a fresh model on the device (float32, then frozen weights cast to
+bf16: ~21 GB transient at flagship shapes) and frees it before the next. Resident: 9.3 GB
+bf16 base + 2.2 GB fp32 trainable + 2.2 GB grads + 4.4 GB AdamW state = 18 GB, plus the
+activations autograd saves: 165 MB per decoder layer per 505-token row (counted with saved-
+tensor hooks on the CPU at full width), ~6 GB per 30 s clip. So batch 4 should peak near
+45 GiB and batch 8 near 70 GiB on a 78 GiB H100; grad_ckpt keeps only each layer's input.
+A variant that runs out of memory, or fails, is reported as such and the run goes on (a
+failure makes the exit status 1). At batch 4 a step is 49 TFLOP (`--device meta` prints it),
+~0.12 s at 40% MFU; the whole run should take a minute or two after start-up (not yet timed
+on a GPU: these sessions had none).
+
+    python tools/bench_train.py --batch-size 4 --json bench.json   # one GPU, flagship shapes
+    python tools/bench_train.py --device meta                      # shapes, params, FLOPs; no timing
+    python tools/bench_train.py --tiny --device cpu --steps 2      # CPU smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout, without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from borealis.features import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
+from borealis.modeling import BorealisConfig, BorealisForConditionalGeneration, LoraSettings  # noqa: E402
+from borealis.paper import (N_AUDIO_TOKENS_ADDED, QWEN3_TOKENIZER_VOCAB, qwen3_4b_config,  # noqa: E402
+                            whisper_large_v3_config)
+from borealis.prompts import IGNORE_INDEX, num_audio_tokens  # noqa: E402
+
+log = logging.getLogger("bench_train")
+
+GRAD_CLIP = 1.0  # it_fresh.yaml gradient_clip_val
+LEARNING_RATE = 1e-5  # it_fresh.yaml; the value does not change the cost
+# One ASR chat as `prompts.PromptBuilder` lays it out, counted by hand with Qwen3's BPE:
+# "<|im_start|>system\nYou are a helpful voice assistant.<|im_end|>\n<|im_start|>user\n
+# Transcribe the audio. " = 21 tokens, then <|start_of_audio|> N x <|AUDIO|> <|end_of_audio|>,
+# then "<|im_end|>\n<|im_start|>assistant\n" = 5, the transcript + <|im_end|> (the labels), "\n".
+PREFIX_TOKENS, SUFFIX_TOKENS = 21, 5
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    seconds: float
+    trim_audio_tokens: bool
+    gradient_checkpointing: bool = False
+
+
+def make_variants(seconds: float, short_seconds: float) -> list[Variant]:
+    """The variant list of the module docstring, baseline first."""
+    return [
+        Variant("baseline", seconds, trim_audio_tokens=False),
+        Variant("trim", seconds, trim_audio_tokens=True),
+        Variant("short", short_seconds, trim_audio_tokens=False),
+        Variant("short_trim", short_seconds, trim_audio_tokens=True),
+        Variant("grad_ckpt", seconds, trim_audio_tokens=False, gradient_checkpointing=True),
+    ]
+
+
+VARIANT_NAMES = [v.name for v in make_variants(30, 10)]
+
+
+# ---------------------------------------------------------------------- configs
+def flagship_config(trim_audio_tokens: bool) -> BorealisConfig:
+    """Borealis-5B as configs/it_fresh.yaml trains it (paper.build_meta_model's config)."""
+    return BorealisConfig(
+        encoder_config=whisper_large_v3_config(),
+        llm_config=qwen3_4b_config(QWEN3_TOKENIZER_VOCAB + N_AUDIO_TOKENS_ADDED), adapter="simple",
+        trim_audio_tokens=trim_audio_tokens, lora=asdict(LoraSettings()), audio_token_id=QWEN3_TOKENIZER_VOCAB,
+        audio_start_id=QWEN3_TOKENIZER_VOCAB + 1, audio_end_id=QWEN3_TOKENIZER_VOCAB + 2)
+
+
+def tiny_config(trim_audio_tokens: bool) -> BorealisConfig:
+    """Tiny widths on the real 30 s geometry, so --seconds and trimming mean the same as at full size."""
+    from transformers import Qwen3Config, WhisperConfig
+
+    encoder = WhisperConfig(
+        num_mel_bins=128,                # large-v3's mel bins: the same feature path
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,  # unused by Borealis
+        max_source_positions=1500,       # the real 30 s window: 1500 frames -> 375 slots
+        max_target_positions=16, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1)        # special ids inside that vocab (the decoder is never built)
+    vocab = 256                          # filler ids; the 3 audio tokens follow
+    llm = Qwen3Config(
+        vocab_size=vocab + 3, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,  # GQA like Qwen3-4B (32q/8kv)
+        max_position_embeddings=1024, tie_word_embeddings=True)
+    lora = LoraSettings(r=8, alpha=16)   # all 7 projections, dropout 0.05, as the flagship
+    return BorealisConfig(
+        encoder_config=encoder, llm_config=llm, adapter="simple", trim_audio_tokens=trim_audio_tokens,
+        lora=asdict(lora), audio_token_id=vocab, audio_start_id=vocab + 1, audio_end_id=vocab + 2)
+
+
+# ---------------------------------------------------------------------- FLOPs
+def _projection_shapes(llm) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each projection of one Qwen3-style decoder layer."""
+    h, inter = llm.hidden_size, llm.intermediate_size
+    head_dim = getattr(llm, "head_dim", None) or h // llm.num_attention_heads
+    q, kv = llm.num_attention_heads * head_dim, llm.num_key_value_heads * head_dim
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+
+
+def matmul_params(config: BorealisConfig) -> dict[str, int]:
+    """Weights that take part in matmuls, by part (norms, biases and embeddings left out).
+
+    encoder: conv1 3*M*D + conv2 3*D*D + layers * (4*D^2 + 2*D*F), Whisper's D, F, M mel bins.
+    adapter_in / adapter_out: k*D*H and H*H, the simple adapter's two bias-free linears.
+    llm_linear: layers * the 7 projections; lora: layers * sum over targets of r * (in + out);
+    lm_head: V * H (tied to the input embeddings in Qwen3-4B).
+    """
+    enc, llm = config.encoder_config, config.llm_config
+    if config.adapter != "simple":
+        raise ValueError(f"step_flops models adapter='simple' only, got adapter={config.adapter!r}")
+    d, f, m = enc.d_model, enc.encoder_ffn_dim, enc.num_mel_bins
+    shapes = _projection_shapes(llm)
+    lora = 0
+    if config.lora:
+        unknown = sorted(set(config.lora["target_modules"]) - set(shapes))
+        if unknown:
+            raise ValueError(f"lora target_modules {unknown} are not among {sorted(shapes)}")
+        lora = llm.num_hidden_layers * sum(config.lora["r"] * sum(shapes[t]) for t in config.lora["target_modules"])
+    h = llm.hidden_size
+    return {
+        "encoder": 3 * m * d + 3 * d * d + enc.encoder_layers * (4 * d * d + 2 * d * f),
+        "adapter_in": config.downsample_factor * d * h,
+        "adapter_out": h * h,
+        "llm_linear": llm.num_hidden_layers * sum(i * o for i, o in shapes.values()),
+        "lora": lora,
+        "lm_head": llm.vocab_size * h,
+    }
+
+
+@dataclass
+class StepFlops:
+    """FLOPs of one training step, by part (multiply-add = 2 FLOPs)."""
+
+    encoder: int
+    adapter: int
+    llm_linear: int
+    lora: int
+    attention: int
+    lm_head: int
+
+    @property
+    def total(self) -> int:
+        return self.encoder + self.adapter + self.llm_linear + self.lora + self.attention + self.lm_head
+
+
+def step_flops(config: BorealisConfig, seq_lens: Sequence[int], num_clips: int) -> StepFlops:
+    """Matmul FLOPs one training step must do: frozen encoder, adapter, LLM with LoRA.
+
+    A linear with P weights costs 2P per position forward, 2P for the input gradient and 2P
+    for the weight gradient; a frozen weight skips the last. With T = max_source_positions
+    (1500) encoder frames per clip, N = ceil(T / k) stacked frames, L_i tokens in row i and
+    S = sum(L_i):
+
+        encoder    = clips * [2 * (3*M*D) * 2T  +  2 * (3*D*D + layers*(4D^2 + 2DF)) * T
+                              + layers * 4 * T^2 * D]            forward only (frozen, no grad)
+        adapter    = clips * N * (4 * P_in + 6 * P_out)          w_in needs no input grad
+        llm_linear = 4 * P_llm * S                               fwd + input grads (frozen)
+        lora       = 6 * P_lora * S                              fwd + input + weight grads
+        attention  = layers * 6 * heads * head_dim * sum(L_i^2)  causal half, fwd + 2x bwd
+        lm_head    = 4 * V * H * S                               every position gets logits
+
+    Whisper always encodes the full 30 s window (the log-mel is padded to it), and the adapter
+    runs on all N frames before the splice keeps the first N_i; so trimming saves LLM work
+    only. Causal attention: QK^T and PV cost 2 * L^2 * head_dim each per head in full, half of
+    that under the causal mask, and the backward does 4 such matmuls to the forward's 2.
+    Norms, softmax, activations, rotary, the STFT and the optimizer are left out (< 1%).
+    Full fine-tuning (`lora: None`) trains the LLM: 6 * P_llm * S and 6 * V * H * S.
+
+    Args:
+        config: the model's configuration; the encoder must be frozen.
+        seq_lens: non-pad LLM tokens of each row.
+        num_clips: audio clips in the batch (each one runs the encoder once).
+    """
+    if not config.freeze_encoder:
+        raise ValueError("step_flops models a frozen encoder (freeze_encoder=True) only")
+    enc, llm = config.encoder_config, config.llm_config
+    p = matmul_params(config)
+    t, d, m = enc.max_source_positions, enc.d_model, enc.num_mel_bins
+    conv1 = 3 * m * d
+    encoder = num_clips * (2 * conv1 * 2 * t + 2 * (p["encoder"] - conv1) * t + enc.encoder_layers * 4 * t * t * d)
+    n = -(-t // config.downsample_factor)
+    adapter = num_clips * n * (4 * p["adapter_in"] + 6 * p["adapter_out"])
+    s = sum(seq_lens)
+    base = 4 if config.lora else 6  # frozen base weights get no weight gradient
+    shapes = _projection_shapes(llm)
+    attn_width = shapes["q_proj"][1]  # heads * head_dim
+    attention = llm.num_hidden_layers * 6 * attn_width * sum(length * length for length in seq_lens)
+    return StepFlops(encoder=encoder, adapter=adapter, llm_linear=base * p["llm_linear"] * s,
+                     lora=6 * p["lora"] * s, attention=attention, lm_head=base * p["lm_head"] * s)
+
+
+# ---------------------------------------------------------------------- model and batch
+def build_model(config: BorealisConfig, device: torch.device) -> BorealisForConditionalGeneration:
+    """Random-weight Borealis on `device`: frozen weights bf16, trainable ones float32."""
+    torch.manual_seed(0)
+    with device:
+        model = BorealisForConditionalGeneration(config)
+    model.to(device)  # the log-mel filter bank comes from numpy, on the CPU, whatever the device context
+    for param in model.parameters():
+        if not param.requires_grad:  # buffers (mel filters, rotary) stay float32, as from_pretrained leaves them
+            param.data = param.data.to(torch.bfloat16)
+    model.train()
+    counts = matmul_params(config)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    adapter = sum(p.numel() for p in model.adapter.parameters())
+    assert lora == counts["lora"] and adapter == counts["adapter_in"] + counts["adapter_out"], \
+        "step_flops' parameter counts no longer match the model"
+    return model
+
+
+def batch_geometry(config: BorealisConfig, seconds: float, text_tokens: int) -> tuple[int, int]:
+    """(audio slots, LLM tokens) of one row: see PREFIX_TOKENS for the layout."""
+    n = num_audio_tokens(int(seconds * SAMPLE_RATE), downsample_factor=config.downsample_factor,
+                         max_source_positions=config.encoder_config.max_source_positions,
+                         trim=config.trim_audio_tokens)
+    return n, PREFIX_TOKENS + 1 + n + 1 + SUFFIX_TOKENS + text_tokens + 2
+
+
+def synthetic_batch(config: BorealisConfig, batch_size: int, seconds: float, text_tokens: int,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """A training batch of equal rows: random ids around the audio slots, random audio.
+
+    Returns input_ids / attention_mask / labels (B, L), waveforms (B, S) and audio_lengths (B,);
+    labels cover the transcript and its closing <|im_end|>.
+    """
+    g = torch.Generator().manual_seed(0)
+    n, length = batch_geometry(config, seconds, text_tokens)
+    ids = torch.randint(0, config.audio_token_id, (batch_size, length), generator=g)  # filler ids
+    audio_at = PREFIX_TOKENS
+    ids[:, audio_at] = config.audio_start_id
+    ids[:, audio_at + 1: audio_at + 1 + n] = config.audio_token_id
+    ids[:, audio_at + 1 + n] = config.audio_end_id
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    answer = slice(length - text_tokens - 2, length - 1)  # transcript + <|im_end|>; the final "\n" is not trained
+    labels[:, answer] = ids[:, answer]
+    samples = int(seconds * SAMPLE_RATE)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "waveforms": 0.1 * torch.randn(batch_size, samples, generator=g),
+             "audio_lengths": torch.full((batch_size,), samples)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def enable_checkpointing(llm) -> bool:
+    """Activation checkpointing on the LLM's decoder layers; False if it has none."""
+    if not getattr(llm, "supports_gradient_checkpointing", False):
+        return False
+    kwargs = {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):  # newer transformers; the old name is deprecated there
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return True
+
+
+# ---------------------------------------------------------------------- measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device) -> dict:
+    """Build, warm up and time one variant; returns its row (timings None on meta)."""
+    config = (tiny_config if args.tiny else flagship_config)(variant.trim_audio_tokens)
+    audio_tokens, length = batch_geometry(config, variant.seconds, args.text_tokens)
+    flops = step_flops(config, [length] * args.batch_size, args.batch_size)
+    row = {"variant": variant.name, **asdict(variant), "batch_size": args.batch_size,
+           "audio_tokens_per_row": audio_tokens, "llm_tokens_per_row": length,
+           "flops_per_step": flops.total, "flops_by_part": asdict(flops), "status": "ok"}
+    model = build_model(config, device)
+    row["total_params"] = sum(p.numel() for p in model.parameters())
+    row["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    row["attn_implementation"] = getattr(model.llm.config, "_attn_implementation", None)
+    if variant.gradient_checkpointing and not enable_checkpointing(model.llm):
+        return {**row, "status": "skipped: the LLM does not support gradient checkpointing"}
+    if device.type == "meta":
+        return {**row, "status": "planned (meta: no timing)"}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
+    batch = synthetic_batch(config, args.batch_size, variant.seconds, args.text_tokens, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses = [], []
+    for step in range(args.warmup + args.steps):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        losses.append(loss.item())
+        if step >= args.warmup:
+            times.append(elapsed)
+        log.info("  %s step %d/%d%s: %.1f ms, loss %.3f", variant.name, step + 1, args.warmup + args.steps,
+                 " (warmup)" if step < args.warmup else "", 1e3 * elapsed, losses[-1])
+    if not all(math.isfinite(x) for x in losses):
+        raise RuntimeError(f"{variant.name}: non-finite loss {losses}")
+    step_s = statistics.median(times)
+    row.update(step_ms=1e3 * step_s, step_ms_all=[1e3 * t for t in times], loss=losses[-1],
+               audio_sec_per_sec=args.batch_size * variant.seconds / step_s,
+               tokens_per_sec=args.batch_size * length / step_s, tflops=flops.total / step_s / 1e12,
+               mfu=flops.total / step_s / (args.peak_tflops * 1e12),
+               peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+    return row
+
+
+def measure(variant: Variant, args: argparse.Namespace, device: torch.device) -> dict:
+    """run_variant, with an out-of-memory or a failure reported as a row; frees the device afterwards."""
+    try:
+        return run_variant(variant, args, device)
+    except torch.OutOfMemoryError as err:
+        log.warning("%s: out of memory: %s", variant.name, str(err).splitlines()[0])
+        return {"variant": variant.name, **asdict(variant), "batch_size": args.batch_size, "status": "oom"}
+    except Exception as err:  # one broken variant must not cost the others' GPU time; main exits 1
+        log.exception("%s failed", variant.name)
+        return {"variant": variant.name, **asdict(variant), "batch_size": args.batch_size,
+                "status": f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    finally:  # the model and optimizer were locals of run_variant: collect them before the next build
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------- report
+def _fmt(value, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + unit
+
+
+def _scaled(value, scale: float):
+    return None if value is None else value * scale
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per variant; speed-up = the first timed row's step time / this row's."""
+    base = next((r for r in rows if r.get("step_ms")), None)
+    header = ["variant", "clip s", "audio tok", "LLM tok", "TFLOP/step", "step ms", "speed-up", "audio-s/s",
+              "tok/s", "TFLOP/s", "MFU %", "peak GiB", "trainable", "status"]
+    lines = []
+    for r in rows:
+        ms = r.get("step_ms")
+        lines.append([
+            r["variant"], f"{r['seconds']:g}", _fmt(r.get("audio_tokens_per_row"), "d"),
+            _fmt(r.get("llm_tokens_per_row"), "d"), _fmt(_scaled(r.get("flops_per_step"), 1e-12), ".3g"),
+            _fmt(ms, ".1f"), _fmt(base["step_ms"] / ms if base and ms else None, ".2f", "x"),
+            _fmt(r.get("audio_sec_per_sec"), ".1f"), _fmt(r.get("tokens_per_sec"), ",.0f"),
+            _fmt(r.get("tflops"), ".3g"), _fmt(_scaled(r.get("mfu"), 100), ".3g"),
+            _fmt(r.get("peak_mem_gib"), ".1f"), _fmt(_scaled(r.get("trainable_params"), 1e-6), ",.2f", "M"),
+            r["status"]])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def summary_line(rows: list[dict], device_name: str) -> str:
+    base = next((r for r in rows if r.get("step_ms")), None)
+    if base is None:
+        planned = ", ".join(f"{r['variant']} {r['flops_per_step'] / 1e12:.3g}" for r in rows
+                            if r.get("flops_per_step"))
+        return f"bench_train on {device_name}: no variant was timed; TFLOP per step: {planned or 'n/a'}"
+    ratios = ", ".join(f"{r['variant']} {base['step_ms'] / r['step_ms']:.2f}x" for r in rows
+                       if r.get("step_ms") and r is not base)
+    return (f"bench_train on {device_name}: {base['variant']} {base['step_ms']:.1f} ms/step (B={base['batch_size']}, "
+            f"{base['seconds']:g} s), {base['audio_sec_per_sec']:.1f} audio-s/s, MFU {100 * base['mfu']:.1f}%; "
+            f"speed-up vs {base['variant']}: {ratios or 'n/a'}")
+
+
+# ---------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (allocator, kernels)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="clips per step (it_fresh.yaml trains 1 per GPU; 4 should peak near 45 GiB, 8 near 70)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="clip duration of baseline/trim/grad_ckpt, s")
+    parser.add_argument("--short-seconds", type=float, default=10.0, help="clip duration of short/short_trim, s")
+    parser.add_argument("--text-tokens", type=int, default=100, help="transcript tokens per row (they carry the loss)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="device peak for MFU, TFLOP/s: 989 = H100 SXM / H200 dense bf16; 756 = H100 PCIe")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths on the 30 s geometry: a CPU run in seconds")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda[:N], cpu, or meta (build and count only; no timing). Default: cuda if available")
+    parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=VARIANT_NAMES,
+                        help="variants to run, in the documented order; the first one run is the baseline")
+    parser.add_argument("--json", type=Path, help="write the settings and every row to this JSON file")
+    args = parser.parse_args(argv)
+    window = 30.0  # both configs' encoder window: 2 * 1500 mel frames * 10 ms
+    problems = []
+    for name, low in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("text_tokens", 1)):
+        if getattr(args, name) < low:
+            problems.append(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= {low}")
+    for name in ("seconds", "short_seconds"):
+        value = getattr(args, name)
+        if not 0 < value <= window or value * SAMPLE_RATE < HOP_LENGTH:
+            problems.append(f"--{name.replace('_', '-')}={value} must be in (0.01, {window:g}] (the encoder window)")
+    if args.peak_tflops <= 0:
+        problems.append(f"--peak-tflops={args.peak_tflops} must be > 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        problems.append(f"--device={args.device!r}: {err}")
+        device = None
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        problems.append(f"--device={args.device}: CUDA is not available here (torch {torch.__version__}, built for "
+                        f"CUDA {torch.version.cuda}); use --device cpu --tiny for a CPU run, or --device meta")
+    if problems:
+        parser.error("; ".join(problems))
+    args.variants = [v for v in VARIANT_NAMES if v in args.variants]
+    return args, device
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    args, device = parse_args(argv)
+    if device.type == "cpu" and not args.tiny:
+        log.warning("flagship shapes on the CPU: ~21 GB of RAM and minutes per step; --tiny is the CPU smoke run")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    chosen = [v for v in make_variants(args.seconds, args.short_seconds) if v.name in args.variants]
+    rows = []
+    for i, variant in enumerate(chosen, 1):
+        log.info("[%d/%d] %s: %g s clips, trim_audio_tokens=%s, gradient checkpointing=%s", i, len(chosen),
+                 variant.name, variant.seconds, variant.trim_audio_tokens, variant.gradient_checkpointing)
+        rows.append(measure(variant, args, device))
+    report = {"device": device_name, "shapes": "tiny" if args.tiny else "flagship (configs/it_fresh.yaml)",
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}
+    print(format_table(rows))
+    print(summary_line(rows, device_name))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        log.info("wrote %s", args.json)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(int(any(r["status"].startswith("error") for r in main()["rows"])))
