@@ -5,7 +5,7 @@ DEMO_DIR ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo espeak clean-demo
+.PHONY: install test demo demo-ablation espeak clean-demo
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ espeak:
 demo: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis fit --config configs/demo.yaml
 	$(VENV)/bin/borealis validate --config configs/demo.yaml --ckpt_path $(DEMO_DIR)/runs/checkpoints/last.ckpt
+
+# The augmentation ablation: the same demo without the curriculum (BENCHMARKS.md compares the two).
+demo-ablation: install espeak $(DEMO_DIR)/corpus.json
+	$(VENV)/bin/borealis fit --config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml
+	$(VENV)/bin/borealis validate --config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml \
+	  --ckpt_path $(DEMO_DIR)/runs_none/checkpoints/last.ckpt
 
 # The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs.
 $(DEMO_DIR)/corpus.json: tools/make_demo_corpus.py
