@@ -280,11 +280,14 @@ def _band(low: Range, high: Range, rolloff_db: int) -> tuple[am.HighPassFilter, 
                              max_rolloff=rolloff_db, p=1.0))
 
 
+def _fit_length(out: np.ndarray, n: int) -> np.ndarray:
+    """`out` cropped or zero-padded to exactly `n` samples (resamplers and codecs drift by a few)."""
+    return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+
+
 def _round_trip(audio: np.ndarray, rate: int) -> np.ndarray:
     """Down to `rate` and back to 16 kHz with soxr, keeping the length exactly."""
-    out = soxr.resample(soxr.resample(audio, SAMPLE_RATE, rate), rate, SAMPLE_RATE)
-    n = len(audio)
-    return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return _fit_length(soxr.resample(soxr.resample(audio, SAMPLE_RATE, rate), rate, SAMPLE_RATE), len(audio))
 
 
 class ResampleRoundTrip(Effect):
@@ -373,9 +376,8 @@ class Codec(Effect):
         out, rate = sf.read(io.BytesIO(_encode(audio, codec, kbps)), dtype="float32")
         if rate != SAMPLE_RATE:
             raise RuntimeError(f"{codec} round-trip came back at {rate} Hz")
-        n = len(audio)
         self.last = {"codec": codec, "bitrate_kbps": kbps}
-        return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+        return _fit_length(out, len(audio))
 
 
 class Clipping(Effect):
@@ -412,9 +414,7 @@ class PitchShift(_Audiomentations):
                                     method="signalsmith_stretch", p=1.0)
 
     def apply(self, audio, rng, max_samples=None):
-        out = self._run(audio, rng, self._shift)
-        n = len(audio)
-        return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+        return _fit_length(self._run(audio, rng, self._shift), len(audio))
 
 
 class Speed(Effect):
