@@ -62,6 +62,18 @@ def tiny_qwen3_config(vocab_size: int):
     )
 
 
+def load_tool(name: str):
+    """tools/ is not a package: import one of its scripts as a module (as the scripts import each other)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    return importlib.import_module(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_parts(tmp_path_factory):
     """(encoder_dir, llm_dir): a random tiny Whisper and a tiny Qwen3 + tokenizer on disk."""

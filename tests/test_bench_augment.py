@@ -3,29 +3,21 @@ harsh stage on both sides, and prints the ratio it stores; harsh_stage() mirrors
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_tool
 from borealis.shards import SAMPLE_RATE, ShardWriter, read_index
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-    """tools/ is not a package: import the script as a module."""
-    if str(REPO / "tools") not in sys.path:
-        sys.path.insert(0, str(REPO / "tools"))
-    return importlib.import_module("bench_augment")
-
-
-ba = _load_tool()
+ba = load_tool("bench_augment")
 
 
 def _finite_positive(x: float) -> bool:

@@ -3,22 +3,17 @@ and against torch's FLOP counter, and the flagship shapes built on the meta devi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_tool
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_train", ROOT / "tools" / "bench_train.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_train"] = bench
-_spec.loader.exec_module(bench)
+bench = load_tool("bench_train")
 
 
 def test_tiny_cpu_run_reports_every_variant(tmp_path, capsys):

@@ -5,7 +5,6 @@ runs end to end (once through a subprocess)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import subprocess
@@ -16,20 +15,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import load_tool
 from borealis.shards import iter_shard, list_shards, read_index
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDER = "<|start_of_audio|><|end_of_audio|>"
 
 
-def _load_tool():
-    """tools/ is not a package: import the script as a module, as tools/make_demo_corpus.py could."""
-    if str(REPO / "tools") not in sys.path:
-        sys.path.insert(0, str(REPO / "tools"))
-    return importlib.import_module("build_shards")
-
-
-bs = _load_tool()
+bs = load_tool("build_shards")
 
 
 def tone(i: int, rate: int, seconds: float = 0.3) -> np.ndarray:

@@ -8,24 +8,20 @@ Everything runs offline (HF_HUB_OFFLINE=1).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_tool
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_demo_corpus", ROOT / "tools" / "make_demo_corpus.py")
-mdc = importlib.util.module_from_spec(_spec)
-sys.modules["make_demo_corpus"] = mdc
-_spec.loader.exec_module(mdc)
+mdc = load_tool("make_demo_corpus")
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
