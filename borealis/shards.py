@@ -127,6 +127,41 @@ def _to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def encode_flac(audio: np.ndarray, sample_rate: int, key: str = "?") -> tuple[bytes, float]:
+    """Audio as a pool stores it: (frames,) or (frames, channels) float -> 16 kHz mono FLAC PCM_16.
+
+    Channels are averaged, the rate converted with soxr (HQ), values outside [-1, 1] clipped
+    (with a warning). Returns the FLAC bytes and the duration in seconds (rounded to 1 ms).
+
+    Raises:
+        ValueError: unusable audio (not float, wrong shape, empty, NaN/inf, bad rate), naming `key`.
+    """
+    x = np.asarray(audio)
+    problem = None
+    if not np.issubdtype(x.dtype, np.floating):
+        problem = f"audio must be a float array, got dtype {x.dtype}"
+    elif x.ndim not in (1, 2):
+        problem = f"audio must be (frames,) or (frames, channels), got shape {x.shape}"
+    elif x.ndim == 2 and x.shape[1] > x.shape[0]:
+        problem = f"audio of shape {x.shape} looks like (channels, frames); pass (frames, channels)"
+    elif x.shape[0] == 0:
+        problem = "audio is empty"
+    elif not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        problem = f"sample_rate must be a positive int, got {sample_rate!r}"
+    elif not np.isfinite(x).all():
+        problem = "audio holds NaN or inf values"
+    if problem:
+        raise ValueError(f"sample {key!r}: {problem}")
+    y = _to_mono_16k(x, int(sample_rate))
+    clipped = int(np.count_nonzero(np.abs(y) > 1.0))
+    if clipped:
+        log.warning("sample %r: %d of %d samples outside [-1, 1] were clipped", key, clipped, y.size)
+        y = np.clip(y, -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, y, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue(), round(y.size / SAMPLE_RATE, 3)
+
+
 class ShardWriter:
     """Writes one pool: `shard-NNNNNN.tar` files plus `index.json`.
 
@@ -203,24 +238,26 @@ class ShardWriter:
                 message names the key.
             RuntimeError: the writer is closed.
         """
-        if self._index is not None:
-            raise RuntimeError(f"ShardWriter for {self.out_dir} is closed; cannot write sample {key!r}")
-        validate_key(key)
-        if key in self._keys:
-            raise ValueError(f"duplicate sample key {key!r} in pool {self.out_dir}")
-        if not isinstance(meta, dict):
-            raise ValueError(f"sample {key!r}: meta must be a dict, got {type(meta).__name__}")
+        flac, duration = None, 0.0
+        if audio is not None:
+            self._check_sample(key, meta)  # the cheap checks before the encode
+            flac, duration = encode_flac(audio, sample_rate, key)
+        self.write_encoded(key, meta, flac, duration)
+
+    def write_encoded(self, key: str, meta: dict, flac: bytes | None = None, duration: float = 0.0) -> None:
+        """Add one sample whose audio is already 16 kHz mono FLAC (from `encode_flac`, e.g.
+        in a worker process), or a text-only sample (`flac=None`). Same checks as `write`;
+        `duration` (seconds) is stored in the metadata."""
+        self._check_sample(key, meta)
         meta = dict(meta)
         members: list[tuple[str, bytes]] = []
-        duration = 0.0
-        if audio is not None:
-            flac, duration = self._encode_audio(key, audio, sample_rate)
+        duration = round(float(duration), 3) if flac is not None else 0.0
         meta["duration"] = duration
         try:
             members.append((f"{key}.json", json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")))
         except (TypeError, ValueError) as e:
             raise ValueError(f"sample {key!r}: meta is not JSON-serialisable ({e})") from e
-        if audio is not None:
+        if flac is not None:
             members.append((f"{key}.flac", flac))
 
         size = sum(_member_bytes(name, len(data)) for name, data in members)
@@ -245,31 +282,14 @@ class ShardWriter:
         task = str(meta.get("task", "unknown"))
         self._tasks[task] = self._tasks.get(task, 0) + 1
 
-    def _encode_audio(self, key: str, audio: np.ndarray, sample_rate: int) -> tuple[bytes, float]:
-        x = np.asarray(audio)
-        problem = None
-        if not np.issubdtype(x.dtype, np.floating):
-            problem = f"audio must be a float array, got dtype {x.dtype}"
-        elif x.ndim not in (1, 2):
-            problem = f"audio must be (frames,) or (frames, channels), got shape {x.shape}"
-        elif x.ndim == 2 and x.shape[1] > x.shape[0]:
-            problem = f"audio of shape {x.shape} looks like (channels, frames); pass (frames, channels)"
-        elif x.shape[0] == 0:
-            problem = "audio is empty"
-        elif not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            problem = f"sample_rate must be a positive int, got {sample_rate!r}"
-        elif not np.isfinite(x).all():
-            problem = "audio holds NaN or inf values"
-        if problem:
-            raise ValueError(f"sample {key!r}: {problem}")
-        y = _to_mono_16k(x, int(sample_rate))
-        clipped = int(np.count_nonzero(np.abs(y) > 1.0))
-        if clipped:
-            log.warning("sample %r: %d of %d samples outside [-1, 1] were clipped", key, clipped, y.size)
-            y = np.clip(y, -1.0, 1.0)
-        buf = io.BytesIO()
-        sf.write(buf, y, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        return buf.getvalue(), round(y.size / SAMPLE_RATE, 3)
+    def _check_sample(self, key: str, meta: dict) -> None:
+        if self._index is not None:
+            raise RuntimeError(f"ShardWriter for {self.out_dir} is closed; cannot write sample {key!r}")
+        validate_key(key)
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in pool {self.out_dir}")
+        if not isinstance(meta, dict):
+            raise ValueError(f"sample {key!r}: meta must be a dict, got {type(meta).__name__}")
 
     def _open_shard(self) -> None:
         path = self.out_dir / f"shard-{len(self._shards):06d}.tar.tmp"
