@@ -246,8 +246,8 @@ def test_ir_folder_crops_rejects_silence_and_feeds_impulse_response(tmp_path):
     speech = tone(0, 16_000, seconds=1.0)
     wet = effect.apply(speech, np.random.default_rng(0))
     assert wet.shape == speech.shape and effect.last["ir"] in {bs.audio_key(f) for f in ("room.wav", "hall.flac")}
-    with pytest.raises(ValueError, match="max_seconds"):
-        bs.build_pool([], out, kind="manifest", max_seconds=1.0, progress=False)
+    with pytest.raises(ValueError, match="max_seconds must be finite and > 0"):
+        bs.build_pool([], out, kind="ir", max_seconds=0.0, progress=False)
 
 
 def test_audio_folder_cli_strict_help_and_errors(noise_folder, tmp_path, capsys):
@@ -256,8 +256,8 @@ def test_audio_folder_cli_strict_help_and_errors(noise_folder, tmp_path, capsys)
                     "--strict", "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert "read 8, written 4, rejected 4" in captured.out and "ignored 3" in captured.out
-    assert f"empty_audio: e.g. {noise_folder / 'empty.wav'}: empty file (0 bytes)" in captured.out
-    assert "--strict: 4 file(s) rejected" in captured.err
+    assert f"empty_audio: 2, e.g. {noise_folder / 'empty.wav'}: empty file (0 bytes)" in captured.out
+    assert "--strict: 4 item(s) rejected" in captured.err
     assert read_index(out)["num_samples"] == 4  # the pool is still written
 
     for argv, message in [

@@ -2,416 +2,63 @@
 
 What:
     python tools/build_shards.py manifest --input train.jsonl --output shards/my_asr --source my_corpus
+    python tools/build_shards.py manifest --input nemo_manifest.json --output shards/x --max-seconds 30
+    python tools/build_shards.py librispeech --input LibriSpeech/train-clean-100 --output shards/ls100 --workers 8
+    python tools/build_shards.py commonvoice --input cv-corpus-21.0/ru --tsv train.tsv --output shards/cv_ru
+    python tools/build_shards.py hf --input my_dataset/ --hf-split train --output shards/my_hf   (pip install datasets)
     python tools/build_shards.py text --input chats.jsonl --output shards/my_chats
     python tools/build_shards.py audio-folder --input musan/noise --kind noise --output shards/noise
     python tools/build_shards.py audio-folder --input rirs/ --kind ir --max-seconds 2 --output shards/ir
 
-`manifest` lines: {"audio": path, "text": ..., "language"?, "messages"?, "key"?, ...extra}.
-Relative audio paths resolve against the manifest's folder; extra fields are kept in the
-sample's JSON. With "messages" the sample is an instruction ("instruct"), else ASR ("asr").
-`text` lines: {"messages": [...], "key"?, "language"?, ...extra}, stored without audio
-("chat"). `audio-folder` reads every audio file below a folder (recursively, by extension;
-hidden and other files are listed in the report as ignored) into a pool for
-`augmentations.BackgroundNoise` / `ImpulseResponse`: {"kind": "noise"|"ir", "source": the
-path relative to the folder, "duration"}, no text. Digitally silent clips are rejected
-(an IR or a noise clip without signal is a no-op effect), and `--max-seconds` reads only the
-head of long files (an IR's tail below -60 dB, or one window of a long noise recording).
+`manifest` lines: {"audio" | "audio_filepath": path, "text": ..., "language"?, "key"?, ...extra}
+(NeMo manifests work as they are; with "offset", [offset, offset + duration] is read), or
+{"audio", "messages": [...]}, or {"audio", "instruction", "response", "system"?} for spoken
+instructions, and optionally "segments": [{"start", "end", "text"}] timestamps. Relative audio
+paths resolve against the manifest's folder; extra fields are kept in the sample's JSON.
+`text` lines: {"messages": [...], "key"?, "language"?, ...extra}, stored without audio.
+`audio-folder` reads every audio file below a folder into a pool for
+`augmentations.BackgroundNoise` / `ImpulseResponse` ({"kind", "source": the relative path}).
 
-Why: every input line (or file) ends as exactly one of written or rejected with a reason, so a
-corpus never loses samples silently. The summary says how many of each, and `OUT/build_report.json`
-keeps the counts and the first 20 rejections per reason. `--strict` turns any rejection into
-a non-zero exit, for CI. Keys are deterministic (given, or derived from the audio path or the
-chat's content), and so are the shards: the same input gives byte-identical pools.
+Every speech input is decoded with soundfile (wav, flac, ogg/opus, mp3, ...), down-mixed,
+resampled to 16 kHz with soxr and stored as FLAC, in `--workers` processes. Recordings longer
+than `--max-seconds` (default 30, the Whisper window) are cut at silences between their
+timestamped segments, into chunks keyed `<key>-0000`, `<key>-0001`, ... with "source_key",
+"start" and "end" pointing back at the recording; without timestamps they are rejected as
+"too long and no timestamps", never truncated. `--split dev=0.01,test=0.01` sends items to
+held-out pools `OUTPUT/dev`, `OUTPUT/test` by a stable hash of the key (the rest to
+`OUTPUT/train`).
 
-Cost: one soundfile decode + soxr resample + FLAC encode per clip: ShardWriter alone takes
-~2.5 ms per 5 s clip at 16 kHz and ~6 ms at 44.1 kHz stereo on one core (~800x real time).
-`--max-seconds` decodes only a file's head, so an hour-long noise recording costs its window.
-Whole-corpus importers (LibriSpeech, Common Voice, HF datasets), parallel workers and cutting
-long audio into several clips are later subcommands: each adds a parser in `build_parser`
-and an item source that feeds `build_pool`.
+Why: every input item ends as exactly one of written or rejected with a reason (see
+`borealis.ingest.REASONS`), so a corpus never loses samples silently: the summary says how
+many of each, and `OUTPUT/build_report.json` keeps the counts and the first 20 rejections per
+reason, naming the file and line. `--strict` turns any rejection into exit status 1, for CI.
+Keys are deterministic and so are the shards: the same input gives byte-identical pools,
+whatever `--workers` is. The pipeline lives in `borealis/ingest.py`, the corpus readers in
+`borealis/corpora.py`; this file is the command line.
+
+Cost: see `borealis/ingest.py`; `python tools/bench_shards.py` measures hours sharded per minute.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import math
 import re
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import soundfile as sf
-from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout, without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-from borealis.prompts import AUDIO_PLACEHOLDER  # noqa: E402
-from borealis.shards import SAMPLE_RATE, ShardWriter, validate_key  # noqa: E402
+from borealis.corpora import (AUDIO_SUFFIXES, commonvoice_items, folder_items, hf_items,  # noqa: E402
+                              jsonl_items, librispeech_items, list_audio_files)
+from borealis.ingest import (CLIP_KINDS, REPORT_NAME, audio_key, build_pool, chat_key,  # noqa: E402,F401
+                             split_of, summary_line)
 
 log = logging.getLogger("build_shards")
-
-REPORT_NAME = "build_report.json"
-MAX_EXAMPLES = 20  # rejections kept per reason in the report
-ROLES = ("system", "user", "assistant")
-# Every reason an item can be rejected for; the report counts each.
-REASONS = ("bad_json", "bad_field", "missing_file", "undecodable_audio", "empty_audio", "silent_audio",
-           "empty_text", "missing_messages", "bad_messages", "duplicate_key")
-Kind = Literal["manifest", "text", "noise", "ir"]
-CLIP_KINDS = ("noise", "ir")  # augmentation pools: audio with {"kind", "source"}, no text
-# Extensions `audio-folder` reads by default: libsndfile's formats (MP3 needs libsndfile >= 1.1).
-AUDIO_SUFFIXES = ("wav", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "caf", "w64", "rf64")
-SILENCE_PEAK = 1e-4  # -80 dBFS, ~3 LSB at 16 bit: a clip whose peak stays below is digital silence
-
-
-class Rejected(Exception):
-    """An input item that cannot become a sample: `reason` is one of REASONS."""
-
-    def __init__(self, reason: str, detail: str, key: str | None = None) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.key = reason, detail, key
-
-
-@dataclass
-class Prepared:
-    """A validated item: its key and metadata, and where its audio is (None: text-only)."""
-
-    key: str
-    meta: dict[str, Any]
-    audio_path: Path | None = None
-
-
-# ----------------------------------------------------------------------------- items
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_line(line: str) -> dict:
-    """One JSONL line -> a dict; Rejected("bad_json") for anything else (NaN included)."""
-    try:
-        item = json.loads(line, parse_constant=_reject_constant)
-    except ValueError as e:
-        raise Rejected("bad_json", f"not a JSON line ({e})") from None
-    if not isinstance(item, dict):
-        raise Rejected("bad_json", f"expected a JSON object, got {type(item).__name__}")
-    return item
-
-
-def check_messages(messages: Any, *, with_audio: bool, key: str | None = None) -> list[dict]:
-    """Check a chat: [{"role", "content"}], at least one assistant turn, and exactly one audio
-    placeholder in a user turn for an audio sample (none without audio)."""
-    if messages is None or messages == []:
-        raise Rejected("missing_messages", "no 'messages'", key)
-    if not isinstance(messages, list):
-        raise Rejected("bad_messages", f"'messages' must be a list, got {type(messages).__name__}", key)
-    problems = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            problems.append(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
-    if problems:
-        raise Rejected("bad_messages", "; ".join(problems), key)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise Rejected("bad_messages", "no assistant turn to train on", key)
-    holders = [(i, m["role"]) for i, m in enumerate(messages) for _ in range(m["content"].count(AUDIO_PLACEHOLDER))]
-    if with_audio and (len(holders) != 1 or holders[0][1] != "user"):
-        raise Rejected("bad_messages", f"an audio sample needs exactly one {AUDIO_PLACEHOLDER!r} in a user turn, "
-                                       f"found {len(holders)} (turn, role): {holders}", key)
-    if not with_audio and holders:
-        raise Rejected("bad_messages", f"a text-only chat must not hold {AUDIO_PLACEHOLDER!r} "
-                                       f"(found in turns {[i for i, _ in holders]})", key)
-    return messages
-
-
-def audio_key(audio: str) -> str:
-    """Deterministic key for an audio path as written in the manifest: sanitised stem + hash.
-
-    "clips/Hello World.wav" -> "Hello_World-<10 hex digits of sha1(path)>". The hash is of the
-    path as written, so keys do not depend on where the corpus lies on disk.
-    """
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(audio).stem).strip("_")[:48] or "audio"
-    return f"{stem}-{hashlib.sha1(audio.encode('utf-8')).hexdigest()[:10]}"
-
-
-def chat_key(messages: list[dict]) -> str:
-    """Deterministic key of a chat from its content (identical chats collide as duplicates)."""
-    canon = json.dumps(messages, ensure_ascii=False, sort_keys=True)
-    return f"chat-{hashlib.sha1(canon.encode('utf-8')).hexdigest()[:16]}"
-
-
-def _given_key(item: dict) -> str | None:
-    key = item.get("key")
-    if key is None:
-        return None
-    try:
-        validate_key(key)
-    except ValueError as e:
-        raise Rejected("bad_field", str(e), key if isinstance(key, str) else None) from None
-    return key
-
-
-def _common_meta(item: dict, task: str, source: str | None, key: str | None) -> dict:
-    """language/source/task first, then the line's other fields (it may not contradict task)."""
-    if "task" in item and item["task"] != task:
-        raise Rejected("bad_field", f"'task' is {item['task']!r} but the line makes a {task!r} sample", key)
-    language = item.get("language")
-    if language is not None and not isinstance(language, str):
-        raise Rejected("bad_field", f"'language' must be a string, got {language!r}", key)
-    meta: dict[str, Any] = {}
-    if language is not None:
-        meta["language"] = language
-    src = item.get("source", source)  # the line's own source wins over --source
-    if src is not None:
-        meta["source"] = src
-    meta["task"] = task
-    return meta
-
-
-def _keyed_audio(item: dict) -> tuple[str, str]:
-    """An audio item's key (given, or derived from the path) and its audio path as written."""
-    key = _given_key(item)
-    audio = item.get("audio")
-    if not isinstance(audio, str) or not audio:
-        raise Rejected("bad_field", f"'audio' must be a non-empty path string, got {audio!r}", key)
-    return key or audio_key(audio), audio
-
-
-def _resolve(audio: str, base_dir: Path | None) -> Path:
-    path = Path(audio)
-    return path if path.is_absolute() or base_dir is None else base_dir / path
-
-
-def prepare_manifest_item(item: dict, *, base_dir: Path | None, source: str | None) -> Prepared:
-    """Validate one manifest line and give its key, metadata and audio path (audio unread)."""
-    key, audio = _keyed_audio(item)
-    text, messages = item.get("text"), item.get("messages")
-    if text is not None and not isinstance(text, str):
-        raise Rejected("bad_field", f"'text' must be a string, got {type(text).__name__}", key)
-    if messages is not None:
-        check_messages(messages, with_audio=True, key=key)
-        task = "instruct"
-    elif not text or not text.strip():
-        raise Rejected("empty_text", "an ASR line needs a non-empty 'text'", key)
-    else:
-        task = "asr"
-    meta: dict[str, Any] = {} if text is None else {"text": text}
-    meta.update(_common_meta(item, task, source, key))
-    meta.update({k: v for k, v in item.items() if k not in ("audio", "key", "messages") and k not in meta})
-    if messages is not None:
-        meta["messages"] = messages
-    return Prepared(key, meta, _resolve(audio, base_dir))
-
-
-def prepare_text_item(item: dict, *, base_dir: Path | None, source: str | None) -> Prepared:
-    """Validate one chat line and give its key and metadata (no audio)."""
-    key = _given_key(item)
-    messages = check_messages(item.get("messages"), with_audio=False, key=key)
-    key = key or chat_key(messages)
-    meta = _common_meta(item, "chat", source, key)
-    meta.update({k: v for k, v in item.items() if k not in ("key", "messages") and k not in meta})
-    meta["messages"] = messages
-    return Prepared(key, meta)
-
-
-def prepare_clip_item(item: dict, *, base_dir: Path | None, source: str | None, kind: str) -> Prepared:
-    """Validate one noise/IR item {"audio": path, "key"?, ...extra} and give its key and metadata.
-
-    The metadata is {"kind": kind, "source": the path as given (relative to the folder for
-    `audio-folder`), ...extra}; `source` (a corpus name) does not apply: the path is the source.
-    """
-    key, audio = _keyed_audio(item)
-    meta: dict[str, Any] = {"kind": kind, "source": audio}
-    meta.update({k: v for k, v in item.items() if k not in ("audio", "key") and k not in meta})
-    return Prepared(key, meta, _resolve(audio, base_dir))
-
-
-PREPARERS: dict[str, Callable[..., Prepared]] = {
-    "manifest": prepare_manifest_item, "text": prepare_text_item,
-    **{k: partial(prepare_clip_item, kind=k) for k in CLIP_KINDS}}
-
-
-def load_audio(path: Path, key: str, max_seconds: float | None = None) -> tuple[np.ndarray, int, float]:
-    """Read an audio file, or only its first `max_seconds`.
-
-    Returns:
-        (frames, channels) float32 audio, its rate, and the whole file's duration in seconds
-        (longer than the audio when it was cut at `max_seconds`).
-
-    Raises:
-        Rejected: missing, undecodable, or empty (0 bytes or 0 frames); the detail names the file.
-    """
-    if not path.is_file():
-        raise Rejected("missing_file", f"audio file {path} does not exist", key)
-    if path.stat().st_size == 0:
-        raise Rejected("empty_audio", f"{path}: empty file (0 bytes)", key)
-    try:
-        with sf.SoundFile(path) as f:
-            rate, frames = f.samplerate, f.frames
-            limit = -1 if max_seconds is None else round(max_seconds * rate)
-            audio = f.read(limit, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise Rejected("undecodable_audio", f"{path}: {e}", key) from None
-    if audio.shape[0] == 0:
-        raise Rejected("empty_audio", f"{path}: no audio frames", key)
-    cut = audio.shape[0] == limit and frames > limit  # `frames` is the header's count: trusted only here
-    return audio, rate, (frames if cut else audio.shape[0]) / rate
-
-
-def check_clip(audio: np.ndarray, rate: int, seconds: float, p: Prepared) -> bool:
-    """Reject a digitally silent noise/IR clip; note in its metadata when it was cut.
-
-    Returns:
-        Whether the clip is shorter than its file (cut at `--max-seconds`).
-    """
-    peak = float(np.max(np.abs(audio)))
-    if peak < SILENCE_PEAK:  # NaN passes here and is rejected by the writer
-        raise Rejected("silent_audio", f"{p.audio_path}: silent (peak {peak:.1e} < {SILENCE_PEAK:.0e}, "
-                                       f"i.e. below -80 dBFS): a {p.meta['kind']} clip needs signal", p.key)
-    cropped = audio.shape[0] < round(seconds * rate)
-    if cropped:
-        p.meta["cropped_from"] = round(seconds, 3)
-    return cropped
-
-
-# ----------------------------------------------------------------------------- building
-def build_pool(items: Iterable[dict | str], out_dir: str | Path, *, kind: Kind, base_dir: Path | None = None,
-               max_samples: int = 2000, max_bytes: int = 512 * 2**20, source: str | None = None,
-               max_seconds: float | None = None, ignored: Sequence[str] = (), progress: bool = True) -> dict:
-    """Write one pool from manifest, chat or noise/IR items and return the build report.
-
-    Args:
-        items: dicts, or raw JSONL lines (str; parsed here so a bad line becomes a "bad_json"
-            rejection). Blank lines are skipped and not counted; "line" in the report is the
-            1-based position in `items`, so it is the file's line number for `open(path)`.
-        out_dir: the pool folder (see `ShardWriter`; an old pool there is replaced).
-        kind: "manifest" (audio samples), "text" (chats without audio), or "noise" / "ir"
-            (augmentation clips, items {"audio": path}; see `prepare_clip_item`).
-        base_dir: folder that relative audio paths resolve against (None: the working dir).
-        max_samples: samples per shard at most.
-        max_bytes: bytes per shard at most.
-        source: "source" for manifest/text items that carry none.
-        max_seconds: noise/ir only: keep at most this many seconds of each clip (None: all).
-        ignored: noise/ir only: files found beside the items but not read (not audio by
-            extension, hidden); counted and listed in the report, so none vanishes unseen.
-        progress: show a tqdm bar.
-
-    Returns:
-        {"kind", "output", "read", "written", "rejected": {reason: count}, "num_rejected",
-        "rejections": {reason: [first 20 {"line", "key", "detail"} (+ "file" for noise/ir)]},
-        "num_samples", "duration", "num_shards"}, for noise/ir also "max_seconds", "cropped"
-        and "ignored" / "ignored_files" (the first 20); also written to `out_dir/build_report.json`.
-    """
-    clips = kind in CLIP_KINDS
-    problems = []
-    if kind not in PREPARERS:
-        problems.append(f"kind must be one of {sorted(PREPARERS)}, got {kind!r}")
-    if max_seconds is not None and not (clips and 0 < max_seconds < math.inf):
-        problems.append(f"max_seconds must be finite and > 0, for kinds {CLIP_KINDS} only; got {max_seconds!r} "
-                        f"for kind {kind!r}")
-    if ignored and not clips:
-        problems.append(f"ignored files are listed for kinds {CLIP_KINDS} only, got kind {kind!r}")
-    if problems:
-        raise ValueError("build_pool: " + "; ".join(problems))
-    prepare = PREPARERS[kind]
-    out_dir = Path(out_dir)
-    read = written = cropped = 0
-    rejected: Counter[str] = Counter()
-    examples: dict[str, list[dict]] = {}
-    seen: set[str] = set()
-    (out_dir / REPORT_NAME).unlink(missing_ok=True)  # a report always describes the pool beside it
-
-    with ShardWriter(out_dir, max_samples=max_samples, max_bytes=max_bytes) as writer:
-        for line_no, item in enumerate(tqdm(items, desc=f"{kind} -> {out_dir.name}", unit="item",
-                                            disable=not progress), start=1):
-            if isinstance(item, str) and not item.strip():
-                continue
-            read += 1
-            try:
-                if isinstance(item, str):
-                    item = parse_line(item)
-                if not isinstance(item, dict):
-                    raise Rejected("bad_json", f"expected a dict, got {type(item).__name__}")
-                p = prepare(item, base_dir=base_dir, source=source)
-                if p.key in seen:
-                    raise Rejected("duplicate_key", f"key {p.key!r} was already written", p.key)
-                try:
-                    json.dumps(p.meta, allow_nan=False)
-                except (TypeError, ValueError) as e:
-                    raise Rejected("bad_field", f"metadata is not JSON-serialisable ({e})", p.key) from None
-                audio, rate, was_cropped = None, SAMPLE_RATE, False
-                if p.audio_path is not None:
-                    audio, rate, seconds = load_audio(p.audio_path, p.key, max_seconds)
-                    was_cropped = clips and check_clip(audio, rate, seconds, p)
-                try:
-                    writer.write(p.key, p.meta, audio, sample_rate=rate)
-                except ValueError as e:  # the key and metadata were checked above: the audio is unusable
-                    raise Rejected("undecodable_audio", f"{p.audio_path}: {e}", p.key) from None
-            except Rejected as r:
-                rejected[r.reason] += 1
-                bucket = examples.setdefault(r.reason, [])
-                if len(bucket) < MAX_EXAMPLES:
-                    where = {"file": item.get("audio")} if clips and isinstance(item, dict) else {}
-                    bucket.append({"line": line_no, **where, "key": r.key, "detail": r.detail})
-                log.debug("line %d rejected (%s): %s", line_no, r.reason, r.detail)
-                continue
-            seen.add(p.key)
-            written += 1
-            cropped += was_cropped
-        index = writer.close()
-
-    num_rejected = sum(rejected.values())
-    assert written + num_rejected == read, (written, num_rejected, read)
-    assert index["num_samples"] == written, (index["num_samples"], written)
-    report = {
-        "kind": kind, "output": str(out_dir), "read": read, "written": written,
-        "rejected": {r: rejected[r] for r in REASONS if rejected[r]}, "num_rejected": num_rejected,
-        "rejections": {r: examples[r] for r in REASONS if r in examples},
-        "num_samples": index["num_samples"], "duration": index["duration"], "num_shards": len(index["shards"]),
-    }
-    if clips:
-        report.update({"max_seconds": max_seconds, "cropped": cropped, "ignored": len(ignored),
-                       "ignored_files": list(ignored[:MAX_EXAMPLES])})
-    (out_dir / REPORT_NAME).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return report
-
-
-def list_audio_files(root: Path, suffixes: Sequence[str] = AUDIO_SUFFIXES) -> tuple[list[str], list[str]]:
-    """Files below `root`, recursively, as sorted POSIX paths relative to it: (audio, ignored).
-
-    Audio files have one of `suffixes` (case-insensitive); the rest, and anything hidden (a
-    name or folder starting with '.', e.g. macOS `._x.wav` resource forks), are ignored.
-    Sorting makes keys, shard order and so the pool's bytes independent of the file system.
-    """
-    wanted = {x.lower().lstrip(".") for x in suffixes}
-    audio, ignored = [], []
-    for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()):
-        hidden = any(part.startswith(".") for part in rel.split("/"))
-        is_audio = not hidden and Path(rel).suffix.lower().lstrip(".") in wanted
-        (audio if is_audio else ignored).append(rel)
-    return audio, ignored
-
-
-def summary_line(report: dict) -> str:
-    """'read 10, written 7, rejected 3 (missing_file 1, ...)' plus the audio total (and, for
-    noise/IR pools, how many clips were cropped and files ignored)."""
-    reasons = ", ".join(f"{r} {n}" for r, n in report["rejected"].items())
-    line = (f"{report['output']}: read {report['read']}, written {report['written']}, "
-            f"rejected {report['num_rejected']}{f' ({reasons})' if reasons else ''}; "
-            f"{report['duration']:.1f} s of audio in {report['num_shards']} shard(s)")
-    if report.get("max_seconds") is not None:
-        line += f"; cropped {report['cropped']} to {report['max_seconds']:g} s"
-    if report.get("ignored"):
-        line += f"; ignored {report['ignored']} non-audio or hidden file(s)"
-    return line
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -438,6 +85,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _min_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
+def _max_seconds(text: str) -> float | None:
+    return None if text.lower() in ("none", "0") else _seconds(text)
+
+
 def _suffixes(text: str) -> tuple[str, ...]:
     """'wav,flac,.MP3' -> ('wav', 'flac', 'mp3')."""
     out = tuple(x.strip().lower().lstrip(".") for x in text.split(",") if x.strip().lstrip("."))
@@ -446,12 +104,62 @@ def _suffixes(text: str) -> tuple[str, ...]:
     return out
 
 
-def _run_jsonl(args: argparse.Namespace, kind: Kind) -> dict:
-    path: Path = args.input
-    with open(path, encoding="utf-8") as f:
-        return build_pool(f, args.output, kind=kind, base_dir=path.resolve().parent,
-                          max_samples=args.max_samples, max_bytes=args.max_bytes, source=args.source,
-                          progress=not args.no_progress)
+def _splits(text: str) -> list[tuple[str, float]]:
+    """'dev=0.01,test=0.02' -> [('dev', 0.01), ('test', 0.02)]."""
+    out = []
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name.strip()) or not 0 < fraction < 1:
+            raise argparse.ArgumentTypeError(f"bad split {part!r}: use NAME=FRACTION with 0 < FRACTION < 1, "
+                                             f"e.g. dev=0.01,test=0.01")
+        out.append((name.strip(), fraction))
+    if sum(f for _, f in out) >= 1:
+        raise argparse.ArgumentTypeError(f"split fractions sum to {sum(f for _, f in out):g}: leave some for training")
+    return out
+
+
+def _pool_args(args: argparse.Namespace) -> dict:
+    """build_pool options shared by every subcommand."""
+    return dict(max_samples=args.max_samples, max_bytes=args.max_bytes, workers=args.workers,
+                progress=not args.no_progress)
+
+
+def _speech_args(args: argparse.Namespace) -> dict:
+    return dict(min_seconds=args.min_seconds, max_seconds=args.max_seconds, splits=args.split or (),
+                **_pool_args(args))
+
+
+def _run_manifest(args: argparse.Namespace) -> dict:
+    return build_pool(jsonl_items(args.input), args.output, kind="manifest", base_dir=args.input.resolve().parent,
+                      source=args.source, **_speech_args(args))
+
+
+def _run_text(args: argparse.Namespace) -> dict:
+    return build_pool(jsonl_items(args.input), args.output, kind="text", source=args.source,
+                      splits=args.split or (), **_pool_args(args))
+
+
+def _run_librispeech(args: argparse.Namespace) -> dict:
+    items = list(librispeech_items(args.input, language=args.language or None, source=args.source))
+    if not items:
+        raise FileNotFoundError(f"no *.trans.txt below --input {args.input}: is it a LibriSpeech-style corpus?")
+    return build_pool(items, args.output, kind="manifest", base_dir=args.input, **_speech_args(args))
+
+
+def _run_commonvoice(args: argparse.Namespace) -> dict:
+    items = list(commonvoice_items(args.input, args.tsv, source=args.source, language=args.language))
+    return build_pool(items, args.output, kind="manifest", base_dir=args.input, **_speech_args(args))
+
+
+def _run_hf(args: argparse.Namespace) -> dict:
+    total, items = hf_items(args.input, split=args.hf_split, audio_column=args.audio_column,
+                            text_column=args.text_column, key_column=args.key_column, language=args.language,
+                            source=args.source)
+    return build_pool(items, args.output, kind="manifest", total=total, **_speech_args(args))
 
 
 def _run_folder(args: argparse.Namespace) -> dict:
@@ -459,37 +167,75 @@ def _run_folder(args: argparse.Namespace) -> dict:
     if not files:
         raise FileNotFoundError(f"no audio files ({','.join(args.extensions)}) below --input {args.input}; "
                                 f"{len(ignored)} other file(s), e.g. {ignored[:3]}")
-    return build_pool([{"audio": f} for f in files], args.output,  # a list: the bar knows the total
-                      kind=args.kind, base_dir=args.input, max_samples=args.max_samples,
-                      max_bytes=args.max_bytes, max_seconds=args.max_seconds, ignored=ignored,
-                      progress=not args.no_progress)
+    return build_pool(folder_items(files), args.output, kind=args.kind, base_dir=args.input,
+                      max_seconds=args.max_seconds, ignored=ignored, **_pool_args(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: one subparser per corpus kind, sharing the pool options."""
+    """The CLI: one subparser per corpus format, sharing the pool options."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("pool")
-    g.add_argument("--output", type=Path, required=True, help="pool folder to write (an old pool there is replaced)")
+    g.add_argument("--output", type=Path, required=True,
+                   help="pool folder to write (an old pool there is replaced); with --split, the parent of one "
+                        "pool per split")
     g.add_argument("--max-samples", type=_positive, default=2000, help="samples per shard at most")
     g.add_argument("--max-bytes", type=_size, default=512 * 2**20, help="bytes per shard at most (e.g. 512M)")
-    g.add_argument("--strict", action="store_true", help="exit 1 if any line or file is rejected")
+    g.add_argument("--workers", type=_positive, default=1,
+                   help="processes that decode, resample and encode audio (output is identical for any value)")
+    g.add_argument("--strict", action="store_true", help="exit 1 if any item is rejected")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("-v", "--verbose", action="store_true", help="log every rejection")
-    jsonl = argparse.ArgumentParser(add_help=False)
-    jsonl.add_argument("--source", default=None, help="'source' for lines that carry none")
+    split = argparse.ArgumentParser(add_help=False)
+    split.add_argument("--split", type=_splits, default=None, metavar="NAME=FRAC,...",
+                       help="held-out pools by a stable hash of the key, e.g. dev=0.01,test=0.01: OUTPUT/dev, "
+                            "OUTPUT/test and OUTPUT/train (the rest); chunks of one recording stay together")
+    speech = argparse.ArgumentParser(add_help=False, parents=[split])
+    s = speech.add_argument_group("durations")
+    s.add_argument("--min-seconds", type=_min_seconds, default=0.1, help="reject shorter clips (too_short)")
+    s.add_argument("--max-seconds", type=_max_seconds, default=30.0,
+                   help="cut longer recordings at silences between their 'segments' timestamps into chunks of at "
+                        "most this; without timestamps they are rejected (too_long). 'none': no limit")
+    src = argparse.ArgumentParser(add_help=False)
+    src.add_argument("--source", default=None, help="'source' (corpus name) for items that carry none")
+    lang = argparse.ArgumentParser(add_help=False)
+    lang.add_argument("--language", default=None, help="'language' for items that carry none (e.g. en, ru)")
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("manifest", parents=[common, jsonl], formatter_class=fmt,
-                       help="audio + transcript (or chat) JSONL manifest -> asr/instruct samples")
+    p = sub.add_parser("manifest", parents=[common, speech, src], formatter_class=fmt,
+                       help="audio + transcript/chat/instruction JSONL manifest (Borealis or NeMo style)")
     p.add_argument("--input", type=Path, required=True,
-                   help='JSONL: {"audio": path, "text": ..., "language"?, "messages"?, "key"?, ...}')
-    p.set_defaults(run=lambda a: _run_jsonl(a, "manifest"))
-    p = sub.add_parser("text", parents=[common, jsonl], formatter_class=fmt,
+                   help='JSONL: {"audio" | "audio_filepath": path, "text" | "messages" | "instruction"+"response", '
+                        '"language"?, "key"?, "offset"?+"duration"?, "segments"?, ...}')
+    p.set_defaults(run=_run_manifest, folder=False)
+    p = sub.add_parser("librispeech", parents=[common, speech], formatter_class=fmt,
+                       help="LibriSpeech-style folders: *.trans.txt next to <utterance id>.flac")
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="corpus root, searched recursively")
+    p.add_argument("--language", default="en", help="'language' of every utterance ('' for none)")
+    p.add_argument("--source", default="librispeech", help="'source' of every utterance")
+    p.set_defaults(run=_run_librispeech, folder=True)
+    p = sub.add_parser("commonvoice", parents=[common, speech, lang], formatter_class=fmt,
+                       help="a Common Voice release folder: <tsv> + clips/ (mp3)")
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="the locale folder, e.g. cv-corpus-21.0/ru")
+    p.add_argument("--tsv", default="train.tsv", help="which TSV to read (train, dev, test, validated, ...)")
+    p.add_argument("--source", default="common_voice", help="'source' of every clip")
+    p.set_defaults(run=_run_commonvoice, folder=True)
+    p = sub.add_parser("hf", parents=[common, speech, src, lang], formatter_class=fmt,
+                       help="a Hugging Face dataset (save_to_disk folder or parquet files) with an audio column; "
+                            "needs `pip install datasets`")
+    p.add_argument("--input", type=Path, required=True, help="save_to_disk folder, parquet file, folder or glob")
+    p.add_argument("--hf-split", default=None, help="split of a DatasetDict (needed when it has several)")
+    p.add_argument("--audio-column", default="audio", help="column holding the audio (bytes or path)")
+    p.add_argument("--text-column", default=None, help="transcript column (default: the first of text, sentence, "
+                                                         "transcription, transcript, normalized_text)")
+    p.add_argument("--key-column", default=None, help="column with unique ids (default: key/id/utt_id/segment_id "
+                                                        "if present, else from the audio path or row number)")
+    p.set_defaults(run=_run_hf, folder=None)
+    p = sub.add_parser("text", parents=[common, split, src], formatter_class=fmt,
                        help="chat JSONL -> text-only chat samples")
     p.add_argument("--input", type=Path, required=True, help='JSONL: {"messages": [...], "key"?, "language"?, ...}')
-    p.set_defaults(run=lambda a: _run_jsonl(a, "text"))
+    p.set_defaults(run=_run_text, folder=False)
     p = sub.add_parser(
         "audio-folder", parents=[common], formatter_class=fmt,
         help="folder of noise or impulse-response audio files -> a pool for BackgroundNoise/ImpulseResponse",
@@ -508,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "how many were cropped; e.g. 2 for IRs, 30 for long noise recordings (None: whole files)")
     p.add_argument("--extensions", type=_suffixes, default=",".join(AUDIO_SUFFIXES), metavar="EXT,EXT",
                    help="comma-separated file extensions read as audio (case-insensitive)")
-    p.set_defaults(run=_run_folder)
+    p.set_defaults(run=_run_folder, folder=True)
     return parser
 
 
@@ -516,24 +262,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (1 under --strict when anything was rejected)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    folder = args.command == "audio-folder"
-    if not (args.input.is_dir() if folder else args.input.is_file()):
-        parser.error(f"--input {args.input} is not {'a folder' if folder else 'a file'}")
+    exists = {True: args.input.is_dir(), False: args.input.is_file(), None: args.input.exists() or "*" in str(args.input)}
+    if not exists[args.folder]:
+        parser.error(f"--input {args.input} is not {({True: 'a folder', False: 'a file'}).get(args.folder, 'found')}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = args.run(args)
-    except FileNotFoundError as e:  # a folder without audio files
+    except (FileNotFoundError, ValueError, ImportError) as e:  # a corpus that is not what the subcommand reads
         parser.error(str(e))
     print(summary_line(report))
     for reason, rows in report["rejections"].items():
         first = rows[0]
-        where = "" if "file" in first else f"line {first['line']}: "  # a file's detail names the file
-        print(f"  {reason}: e.g. {where}{first['detail']}")
+        where = ":".join(str(first[k]) for k in ("file", "line", "row") if k in first and not (
+            k == "file" and args.command == "audio-folder"))  # a file's detail names the file
+        print(f"  {reason}: {report['rejected'][reason]}, e.g. {where + ': ' if where else ''}{first['detail']}")
     if report.get("ignored"):
         print(f"  ignored (not read): e.g. {', '.join(report['ignored_files'][:5])}")
     print(f"  report: {Path(report['output']) / REPORT_NAME}")
     if args.strict and report["num_rejected"]:
-        print(f"--strict: {report['num_rejected']} {'file' if folder else 'line'}(s) rejected", file=sys.stderr)
+        print(f"--strict: {report['num_rejected']} item(s) rejected", file=sys.stderr)
         return 1
     return 0
 
