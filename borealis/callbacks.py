@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from borealis.augmentations import AugmentationPipeline
 from borealis.features import WhisperLogMel, num_mel_frames
-from borealis.shards import SAMPLE_RATE, iter_shard, list_shards
+from borealis.shards import SAMPLE_RATE, ReadErrors, iter_shard, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ class AugmentationScheduler(L.Callback):
         clips: list[tuple[str, np.ndarray]] = []
         limit = int(self.example_seconds * SAMPLE_RATE)
         for pool in getattr(trainer.datamodule, "train_pools", []):
-            for shard in list_shards(pool.shards):
-                for sample in iter_shard(shard):
+            errors = ReadErrors()  # a damaged shard must not stop training for a TensorBoard example
+            for shard in list_shards(pool.shards, keep_missing=True):
+                for sample in iter_shard(shard, on_error=errors):
                     if sample["audio"] is not None:
                         clips.append((sample["key"], sample["audio"][:limit]))
                     if len(clips) >= self.log_examples:

@@ -11,12 +11,18 @@ Training streams (`MixtureStream`, an IterableDataset):
     that ran dry;
   * clips pass through the active stage of the augmentation curriculum
     (`augmentations.AugmentationPipeline`, switched by `callbacks.AugmentationScheduler`)
-    after the duration filter and before tokenisation, so speed changes are counted.
+    after the duration filter and before tokenisation, so speed changes are counted;
+  * damaged data is skipped, not fatal: a sample that does not decode or whose metadata
+    cannot be trained on (`sample_problem`), a truncated tar, a shard that cannot be opened.
+    Each is warned about by name and counted (`shards.ReadErrors`); every batch carries the
+    counts since the worker's previous batch as `data_errors`, and the LightningModule logs
+    their totals. A pool with nothing usable still stops the run, naming the pool and why.
 Randomness is a pure function of (seed, epoch, slot): reruns reproduce, workers differ.
 
 Validation (`BenchmarkSet`, map-style) indexes each benchmark's tar members once, sorts by
 duration, cuts batches, and deals them to ranks; ranks short of a batch get a *pad* batch
-whose rows are flagged `is_pad` and never scored. Every sample is scored exactly once.
+whose rows are flagged `is_pad` and never scored. Every sample is scored exactly once, so
+validation stays strict: a damaged benchmark raises, naming the shard and the key.
 
 Collation runs in the workers: the chat template with the audio placeholder expanded
 (`prompts.PromptBuilder`), assistant-only labels, right padding for training and left
@@ -40,8 +46,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from borealis.augmentations import AugmentationPipeline
-from borealis.prompts import IGNORE_INDEX, PromptBuilder, sample_messages
-from borealis.shards import SAMPLE_RATE, SampleRef, index_samples, iter_shard, list_shards, read_sample
+from borealis.prompts import AUDIO_PLACEHOLDER, IGNORE_INDEX, PromptBuilder, sample_messages
+from borealis.shards import (
+    SAMPLE_RATE,
+    ReadErrors,
+    SampleRef,
+    ShardError,
+    index_samples,
+    iter_shard,
+    list_shards,
+    read_sample,
+    shard_sample_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +152,48 @@ def _slot_info(rank: int, world_size: int) -> tuple[int, int, int, int]:
     return rank * nw + wid, world_size * nw, wid, nw
 
 
-def _read_units(shards: Sequence[Path], units: Sequence[tuple[int, int, int]]) -> Iterator[dict]:
+def _read_units(shards: Sequence[Path], counts: Sequence[int | None], units: Sequence[tuple[int, int, int]],
+                stats: ReadErrors) -> Iterator[dict]:
+    """The decoded samples of a slot's units; damaged samples and shards are skipped into `stats`."""
     for shard_idx, part, parts in units:
-        for j, sample in enumerate(iter_shard(shards[shard_idx])):
-            if j % parts == part:
-                yield sample
+        yield from iter_shard(shards[shard_idx], on_error=stats, expected=counts[shard_idx], part=part, parts=parts)
+
+
+def sample_problem(meta: dict, has_audio: bool) -> str | None:
+    """Why a training sample's metadata cannot be trained on, or None when it can.
+
+    What: the checks `prompts.sample_messages` and `PromptBuilder.encode` would fail on, plus
+    samples that would train on nothing: `messages` must be {"role", "content"} string pairs
+    with an assistant turn and one audio placeholder for an audio sample (none without audio);
+    without `messages`, an audio sample needs a string `text` (and `language` a string or
+    null), and a text-only sample is unusable.
+    Why: the training stream skips and counts such a sample instead of crashing a worker.
+    Cost: a few dict lookups per sample, next to a ~2 ms FLAC decode.
+    """
+    messages = meta.get("messages")
+    if messages:
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            return "'messages' is not a list of {'role': str, 'content': str}"
+        if not any(m["role"] == "assistant" for m in messages):
+            return "'messages' has no assistant turn (nothing to train on)"
+        holders = sum(m["content"].count(AUDIO_PLACEHOLDER) for m in messages)
+        if holders != int(has_audio):
+            return (f"'messages' holds {holders} audio placeholder(s) for a sample "
+                    f"{'with' if has_audio else 'without'} audio, expected {int(has_audio)}")
+        return None
+    if not has_audio:
+        return "text-only sample without 'messages'"
+    if not isinstance(meta.get("text"), str):
+        return "audio sample without 'text' (a string) or 'messages'"
+    if not isinstance(meta.get("language"), (str, type(None))):
+        return f"'language' is {meta.get('language')!r}, not a string"
+    return None
+
+
+def _describe(counts: Sequence[int]) -> str:
+    return ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in zip(ReadErrors.names, counts))
 
 
 def encode_sample(sample: dict, prompts: PromptBuilder, *, generation: bool = False) -> dict:
@@ -182,7 +235,13 @@ def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False)
 
 
 class MixtureStream(IterableDataset):
-    """Endless, seeded mixture of shard pools, cut into `batches_per_epoch` batches per rank."""
+    """Endless, seeded mixture of shard pools, cut into `batches_per_epoch` batches per rank.
+
+    Batches are `collate`'s, plus `data_errors`: a (4,) long tensor of what this worker
+    skipped since its previous batch, counted as `shards.ReadErrors.names` (skipped and lost
+    samples, unreadable and damaged shards). Workers cannot share counters with the main
+    process, so the counts travel with the data.
+    """
 
     def __init__(self, pools: Sequence[Pool], prompts: PromptBuilder, batching: Batching, *,
                  text_shards: str | None = None, text_ratio: float = 0.0, batches_per_epoch: int = 1000,
@@ -190,8 +249,12 @@ class MixtureStream(IterableDataset):
                  rank: int = 0, world_size: int = 1, augmentation: AugmentationPipeline | None = None) -> None:
         if not any(p.start_epoch <= 0 for p in pools):
             raise ValueError(f"no training pool starts at epoch 0 (start_epoch: {[p.start_epoch for p in pools]})")
-        self.pools = [(p.name, list_shards(p.shards), p.weight, p.start_epoch) for p in pools]
-        self.text = list_shards(text_shards) if text_shards and text_ratio > 0 else None
+        # Shards the index lists but that are missing are kept: they are skipped and counted per pass.
+        self.pools = [(p.name, list_shards(p.shards, keep_missing=True), p.weight, p.start_epoch) for p in pools]
+        self.text = list_shards(text_shards, keep_missing=True) if text_shards and text_ratio > 0 else None
+        # index.json sample counts per shard, so a damaged shard can report what it lost
+        self.sample_counts = [shard_sample_counts(shards) for _, shards, _, _ in self.pools]
+        self.sample_counts.append(shard_sample_counts(self.text) if self.text else [])
         self.text_ratio = text_ratio
         self.prompts, self.batching = prompts, batching
         self.batches_per_epoch = batches_per_epoch
@@ -206,20 +269,57 @@ class MixtureStream(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def _pool_samples(self, idx: int, shards: Sequence[Path], name: str, slot: int, slots: int,
-                      rng: np.random.Generator, epoch: int) -> Iterator[dict]:
+    def _pool(self, idx: int) -> tuple[str, list[Path], list[int | None]]:
+        if idx == len(self.pools):
+            return "text", self.text or [], self.sample_counts[idx]
+        name, shards, _, _ = self.pools[idx]
+        return name, shards, self.sample_counts[idx]
+
+    def read_pass(self, idx: int, stats: ReadErrors, *, slot: int = 0, slots: int = 1, epoch: int = 0,
+                  cycle: int = 0) -> Iterator[dict]:
+        """One slot's pass over one pool in one cycle: what the stream reads before the
+        duration filter and the shuffle buffer.
+
+        The shards are dealt to the slots by `slot_units` in the cycle's seeded order, so
+        over all slots every readable sample comes once. Damaged samples and shards, and
+        samples whose metadata cannot be trained on (`sample_problem`), are skipped with a
+        warning naming them and counted in `stats`.
+
+        Args:
+            idx: the pool's position in `pools`; `len(pools)` is the text pool.
+            stats: where skipped samples and unreadable shards are counted.
+            slot: this reader's slot (rank * workers + worker).
+            slots: all slots (world size * workers).
+            epoch: the epoch (with `cycle`, seeds the shard order).
+            cycle: the pass number within the epoch.
+
+        Yields:
+            Decoded samples (see `shards.decode_sample`) with "pool" set to the pool's name.
+        """
+        name, shards, counts = self._pool(idx)
+        order = np.random.default_rng([self.seed, epoch, cycle, idx]).permutation(len(shards))
+        units = slot_units(len(shards), slots, slot)
+        for sample in _read_units([shards[i] for i in order], [counts[i] for i in order], units, stats):
+            problem = sample_problem(sample["meta"], sample["audio"] is not None)
+            if problem is not None:
+                stats.skip(ShardError(f"metadata: {problem}", shard=sample["shard"], key=sample["key"]))
+                continue
+            sample["pool"] = name
+            yield sample
+
+    def _pool_samples(self, idx: int, slot: int, slots: int, rng: np.random.Generator, epoch: int,
+                      stats: ReadErrors) -> Iterator[dict]:
+        name, shards, _ = self._pool(idx)
         buffer: list[dict] = []
         empty_cycles = 0
         for cycle in itertools.count():
-            order = np.random.default_rng([self.seed, epoch, cycle, idx]).permutation(len(shards))
-            units = slot_units(len(shards), slots, slot)
             kept = 0
-            for sample in _read_units([shards[i] for i in order], units):
+            before = stats.counts()
+            for sample in self.read_pass(idx, stats, slot=slot, slots=slots, epoch=epoch, cycle=cycle):
                 dur = sample["duration"]
                 if sample["audio"] is not None and not self.min_seconds <= dur <= self.max_seconds:
                     continue
                 kept += 1
-                sample["pool"] = name
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(sample)
                     continue
@@ -230,8 +330,13 @@ class MixtureStream(IterableDataset):
             # A slot gets a given shard with probability >= 1/slots per cycle, so 10 * slots empty
             # cycles in a row mean "nothing in range" with a false alarm below e^-10.
             if empty_cycles > 10 * max(slots, 1):
-                raise ValueError(f"pool {name!r}: no sample between min_seconds={self.min_seconds} and "
-                                 f"max_seconds={self.max_seconds} in {len(shards)} shard(s)")
+                in_range = f"between min_seconds={self.min_seconds} and max_seconds={self.max_seconds}"
+                damage = [n - b for n, b in zip(stats.counts(), before)]
+                if not any(damage):
+                    raise ValueError(f"pool {name!r}: no sample {in_range} in {len(shards)} shard(s)")
+                raise ValueError(f"pool {name!r}: no usable sample in {len(shards)} shard(s): in its last pass over "
+                                 f"its share of them, this worker found {_describe(damage)} (the warnings above name "
+                                 f"them), and no other sample {in_range}")
 
     def __iter__(self) -> Iterator[dict]:
         slot, slots, wid, nw = _slot_info(self.rank, self.world_size)
@@ -239,13 +344,15 @@ class MixtureStream(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, slot, 1])
         aug_rng = np.random.default_rng([self.seed, epoch, slot, 2])  # own stream: augmenting never reorders data
         max_samples = int(self.max_seconds * SAMPLE_RATE)
-        active = [(i, name, shards, w) for i, (name, shards, w, start) in enumerate(self.pools) if start <= epoch]
-        streams = [self._pool_samples(i, shards, name, slot, slots, rng, epoch) for i, name, shards, _ in active]
-        weights = np.array([w for *_, w in active], dtype=float)
+        active = [(i, w) for i, (_, _, w, start) in enumerate(self.pools) if start <= epoch]
+        stats = [ReadErrors() for _ in range(len(self.pools) + 1)]  # per pool, so the empty-pool guard names its own
+        streams = [self._pool_samples(i, slot, slots, rng, epoch, stats[i]) for i, _ in active]
+        weights = np.array([w for _, w in active], dtype=float)
         weights /= weights.sum()
-        text = self._pool_samples(len(self.pools), self.text, "text", slot, slots, rng, epoch) if self.text else None
+        text = self._pool_samples(len(self.pools), slot, slots, rng, epoch, stats[-1]) if self.text else None
         quota = self.batches_per_epoch // nw + (wid < self.batches_per_epoch % nw)
         pending: list[list[dict]] = []
+        reported = np.zeros(len(ReadErrors.names), dtype=np.int64)
         while quota > 0:
             if not pending:
                 bucket = []
@@ -260,7 +367,11 @@ class MixtureStream(IterableDataset):
                 bucket.sort(key=self.batching.size)
                 pending = self.batching.cut(bucket)
                 pending = [pending[i] for i in rng.permutation(len(pending))]
-            yield collate(pending.pop(), self.prompts.pad_token_id)
+            batch = collate(pending.pop(), self.prompts.pad_token_id)
+            counts = np.sum([s.counts() for s in stats], axis=0, dtype=np.int64)
+            batch["data_errors"] = torch.from_numpy(counts - reported)  # since this worker's previous batch
+            reported = counts
+            yield batch
             quota -= 1
 
 
@@ -288,7 +399,11 @@ def _ref_duration(ref: SampleRef) -> float:
     offset, size = ref.members["json"]
     with open(ref.shard, "rb") as f:
         f.seek(offset)
-        return float(json.loads(f.read(size)).get("duration", 0.0))
+        data = f.read(size)
+    try:
+        return float(json.loads(data).get("duration", 0.0))
+    except (ValueError, TypeError, AttributeError) as e:  # JSON and Unicode errors are ValueErrors
+        raise ShardError(f"corrupt .json, no duration ({type(e).__name__}: {e})", shard=ref.shard, key=ref.key) from e
 
 
 class RankBatches(torch.utils.data.Sampler):

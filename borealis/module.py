@@ -7,6 +7,9 @@
 * Log-mel runs on the device inside the model; the DataLoader ships raw waveforms. While
   the augmentation curriculum's active stage has SpecAugment (`callbacks.AugmentationScheduler`
   sets `spec_augment`), the module computes the log-mel itself and masks it, batched.
+* Damaged training data (see `data.MixtureStream`) is logged as totals so far over all ranks:
+  `train/skipped_samples`, `train/lost_samples`, `train/unreadable_shards`,
+  `train/damaged_shards`. The totals are all-reduced only on the steps the logger writes.
 * Validation generates greedily in batches (KV cache) and sums word errors and reference
   words per benchmark; the sums are all-reduced once per epoch, so the WER is exact across
   ranks, and pad rows (see `data.RankBatches`) are never counted.
@@ -33,6 +36,7 @@ from borealis.features import num_mel_frames
 from borealis.metrics import average_wer, wer_table, word_errors, write_report
 from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
 from borealis.prompts import DEFAULT_SYSTEM_PROMPT, PromptBuilder
+from borealis.shards import ReadErrors
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,6 +85,8 @@ class BorealisLightningModule(L.LightningModule):
         self._step_started: float | None = None
         self.spec_augment: SpecAugment | None = None  # set by callbacks.AugmentationScheduler
         self._mask_generator: torch.Generator | None = None
+        self._data_errors: torch.Tensor | None = None  # this rank's totals of batch["data_errors"]
+        self._data_errors_all: torch.Tensor | None = None  # the totals over all ranks, as last reduced
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -159,7 +165,33 @@ class BorealisLightningModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
+    def _log_data_errors(self, batch: dict) -> None:
+        """Log the training stream's skipped/lost samples and unreadable/damaged shards as
+        totals so far, summed over all ranks (`batch["data_errors"]`: counts since the
+        worker's previous batch, ordered as `ReadErrors.names`).
+
+        Why: each rank's workers count their own, so a rank alone knows only its share. The
+        sum over ranks costs a barrier and an all-reduce, so it runs only on the steps the
+        logger writes (global_step % log_every_n_steps == 0, the same step on every rank);
+        the steps between log the last sum. The totals count from the start of this process.
+        """
+        delta = batch.get("data_errors")
+        if delta is None:
+            return
+        if self._data_errors is None:
+            self._data_errors = torch.zeros_like(delta)
+            self._data_errors_all = torch.zeros(delta.shape, dtype=torch.float32, device=delta.device)
+        self._data_errors += delta
+        every = self.trainer.log_every_n_steps
+        if every and self.global_step % every == 0:
+            total = self.trainer.strategy.reduce(self._data_errors.clone(), reduce_op="sum")
+            self._data_errors_all = total.float()
+        n = len(batch["keys"])
+        for name, value in zip(ReadErrors.names, self._data_errors_all):
+            self.log(f"train/{name}", value, batch_size=n)
+
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        self._log_data_errors(batch)
         if self._step_started is None:
             return
         # Tensors, not .item(): the logger reads them every log_every_n_steps, so no per-step sync.

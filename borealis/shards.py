@@ -3,8 +3,9 @@
 What: a pool is a folder of `shard-000000.tar ...` plus `index.json`. One sample is
 `<key>.flac` (16 kHz mono, PCM_16) + `<key>.json` (its metadata); a text-only sample is the
 `.json` alone. `ShardWriter` builds pools, `iter_shard` streams one shard for training, and
-`index_samples` / `read_sample` give map-style access for validation. `shards/README.md`
-documents the layout.
+`index_samples` / `read_sample` give map-style access for validation; with
+`on_error=ReadErrors()`, `iter_shard` skips and counts damaged samples and shards instead of
+raising (training does). `shards/README.md` documents the layout.
 
 Why: tar shards are read sequentially, so training streams large files instead of millions
 of small ones, and a plain `webdataset.WebDataset(url)` or `tar -x` still reads them. Shards
@@ -400,11 +401,17 @@ def verify_pool(pool_dir: str | Path) -> dict:
     return index
 
 
-def list_shards(spec: str | Path) -> list[Path]:
+def list_shards(spec: str | Path, *, keep_missing: bool = False) -> list[Path]:
     """Shard paths of a pool folder, a single tar, or a glob pattern.
 
     A folder with `index.json` gives the index's order (every listed shard must exist);
     without one, its sorted `shard-*.tar`. A glob gives its sorted matches.
+
+    Args:
+        spec: a pool folder, a .tar file or a glob.
+        keep_missing: return shards the index lists but that do not exist, with a warning,
+            instead of raising: for a reader that skips and counts unreadable shards
+            (`iter_shard(..., on_error=ReadErrors())`, the training stream).
 
     Raises:
         FileNotFoundError: naming `spec`, when nothing matches or listed shards are missing.
@@ -414,8 +421,11 @@ def list_shards(spec: str | Path) -> list[Path]:
         if (p / INDEX_NAME).is_file():
             paths = [p / s["name"] for s in read_index(p)["shards"]]
             missing = [str(x) for x in paths if not x.is_file()]
-            if missing:
+            if missing and not keep_missing:
                 raise FileNotFoundError(f"{p / INDEX_NAME} lists shards that do not exist: {', '.join(missing)}")
+            if missing:
+                log.warning("%s lists %d shard(s) that do not exist; they will be skipped and counted as "
+                            "unreadable: %s", p / INDEX_NAME, len(missing), ", ".join(missing))
         else:
             paths = sorted(p.glob(SHARD_PATTERN))
         if not paths:
@@ -479,48 +489,206 @@ def decode_sample(raw: dict, shard: str = "?") -> dict:
     return {"key": key, "meta": meta, "audio": audio, "duration": duration, "shard": shard}
 
 
-def iter_shard(path: str | Path) -> Iterator[dict]:
+@dataclass
+class ReadErrors:
+    """What a skipping shard reader dropped, counted as it reads (`iter_shard(path, on_error=...)`).
+
+    What: four counters, and one warning per damaged sample or shard naming it (when the same
+    object meets it again, e.g. a pool read in a loop, the warning goes to debug: no flood).
+    Why: one bad file among thousands must not stop a training run, but skipping is chosen on
+    purpose and stays visible: DataLoader workers carry these counts in every batch
+    (`batch["data_errors"]`) and the LightningModule logs their totals over all ranks.
+
+    Attributes:
+        skipped_samples: samples dropped one at a time while their shard read on: a member
+            that does not decode (corrupt FLAC, invalid JSON), a duplicate key or member, or
+            metadata that cannot be trained on (counted by the caller with `skip`).
+        lost_samples: samples never reached because their shard stopped early (truncated tar,
+            corrupt header) or could not be opened: the shard's index.json count minus the
+            samples before the break; without a count, only the sample at the break.
+        unreadable_shards: shards that could not be opened at all (missing, permission denied,
+            not a tar).
+        damaged_shards: shards read up to a truncation or a corrupt header.
+
+    Readers sharing a shard (`iter_shard(part=, parts=)`) count only their own samples, and
+    the shard only in part 0, so their counts add up to those of a single reader.
+    """
+
+    skipped_samples: int = 0
+    lost_samples: int = 0
+    unreadable_shards: int = 0
+    damaged_shards: int = 0
+    _warned: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+
+    names = ("skipped_samples", "lost_samples", "unreadable_shards", "damaged_shards")  # order of `counts()`
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """The counters, in the order of `ReadErrors.names`."""
+        return self.skipped_samples, self.lost_samples, self.unreadable_shards, self.damaged_shards
+
+    def skip(self, error: ShardError) -> None:
+        """Count one skipped sample and warn, naming its shard and key (`error`'s message)."""
+        self.skipped_samples += 1
+        self.warn(f"{error.shard}:{error.key}", f"skipping sample: {error}")
+
+    def warn(self, what: str, message: str) -> None:
+        """Log `message` as a warning the first time this object warns about `what` (a shard,
+        or shard:key), then at debug level."""
+        if what in self._warned:
+            log.debug("%s", message)
+            return
+        self._warned.add(what)
+        log.warning("%s", message)
+
+
+def shard_sample_counts(paths: Sequence[str | Path]) -> list[int | None]:
+    """Each shard's `num_samples` from the index.json beside it; None where no index lists it.
+
+    A skipping reader passes them to `iter_shard(expected=...)` to count what a damaged shard
+    lost. Reads each folder's index once; an invalid index counts as none (with a warning).
+    """
+    by_folder: dict[Path, dict[str, int]] = {}
+    counts: list[int | None] = []
+    for path in map(Path, paths):
+        folder = path.parent
+        if folder not in by_folder:
+            by_folder[folder] = {}
+            if (folder / INDEX_NAME).is_file():
+                try:
+                    by_folder[folder] = {s["name"]: int(s["num_samples"]) for s in read_index(folder)["shards"]}
+                except (ValueError, TypeError) as e:
+                    log.warning("%s; damaged shards in %s report no lost-sample count", e, folder)
+        counts.append(by_folder[folder].get(path.name))
+    return counts
+
+
+def _owned(start: int, stop: int, part: int, parts: int) -> int:
+    """How many positions i in [start, stop) a reader of `part` owns (i % parts == part)."""
+    return len(range(start + (part - start) % parts, stop, parts))
+
+
+def _check_end(f: Any, offset: int) -> None:
+    """Raise tarfile.ReadError unless the block at `offset`, where tarfile stopped, is the
+    end-of-archive block. tarfile ends quietly at a missing or corrupt header past the first
+    one, so a tar cut at a member boundary (e.g. between a sample's .json and its .flac)
+    otherwise reads as a shorter, valid tar. One seek + one 512-byte read per shard."""
+    f.seek(offset)
+    if f.read(_TAR_BLOCK) != bytes(_TAR_BLOCK):
+        raise tarfile.ReadError(f"no end-of-archive block at byte {offset}: truncated, or a header is corrupt")
+
+
+def _decoded(raw: dict, shard: str, on_error: ReadErrors | None) -> dict | None:
+    try:
+        return decode_sample(raw, shard)
+    except ShardError as e:
+        if on_error is None:
+            raise
+        on_error.skip(e)
+        return None
+
+
+def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected: int | None = None,
+               part: int = 0, parts: int = 1) -> Iterator[dict]:
     """Stream the decoded samples of one tar shard, in file order (see `decode_sample`).
 
     Members are grouped into samples by key exactly as webdataset does (consecutive members
-    sharing the name before the first dot). Reads the tar front to back once.
+    sharing the name before the first dot). Reads the tar front to back once, then checks
+    that it ends with an end-of-archive block (a tar cut at a member boundary otherwise parses
+    as a valid, shorter one whose last sample may lack its audio).
+
+    Args:
+        path: the shard.
+        on_error: None (the default) raises at the first problem. A `ReadErrors` skips
+            instead, warns naming the shard (and key) and counts there: a sample that does not
+            decode is dropped and the shard read on; a shard that cannot be opened, or stops
+            at a truncation or a corrupt header, ends after the samples before the break (the
+            sample being read at the break is lost with the rest).
+        expected: the shard's sample count from index.json (`shard_sample_counts`), so a
+            skipping reader can count and report the samples a damaged shard lost.
+        part: with `parts`, read only the samples at positions i (in file order) with
+            i % parts == part, for readers sharing a shard; the others are not decoded.
+            Positions count damaged samples too, so the parts stay disjoint whatever is skipped.
+        parts: the number of readers sharing the shard.
 
     Raises:
-        FileNotFoundError: the shard does not exist.
+        ValueError: `part` is not in [0, parts).
+        FileNotFoundError: the shard does not exist (other OSErrors of `open` pass too);
+            only with on_error=None.
         ShardError: a truncated or corrupt tar, a key that appears twice, or a sample that
-            does not decode; the message names the shard and the key.
+            does not decode; the message names the shard and the key. Only with on_error=None.
     """
+    if not 0 <= part < parts:
+        raise ValueError(f"iter_shard: part must be in [0, parts), got part={part}, parts={parts}")
     shard = str(path)
-    f = open(path, "rb")  # noqa: SIM115 (FileNotFoundError stays itself)
-    seen: set[str] = set()
-    raw: dict[str, Any] | None = None
-    key: str | None = None
     try:
-        with f, tarfile.open(fileobj=f, mode="r|") as stream:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; FileNotFoundError stays itself)
+        try:
+            stream = tarfile.open(fileobj=f, mode="r|")
+        except BaseException:
+            f.close()
+            raise
+    except (OSError, tarfile.TarError) as e:
+        if on_error is None:
+            if isinstance(e, OSError):
+                raise
+            raise ShardError(f"not a readable tar ({type(e).__name__}: {e})", shard=shard) from e
+        lost = _owned(0, expected or 0, part, parts)
+        on_error.unreadable_shards += int(part == 0)  # readers sharing a shard count it once
+        on_error.lost_samples += lost
+        on_error.warn(shard, f"skipping shard {shard}: cannot read it ({type(e).__name__}: {e}); "
+                      + (f"{lost} sample(s) lost" if expected is not None else "its samples are lost"))
+        return
+    seen: set[str] = set()
+    raw: dict[str, Any] | None = None  # members of the sample being read, when this part reads it
+    key: str | None = None  # the sample being read
+    started = 0  # samples begun so far, at every position
+    try:
+        with f, stream:
             for member in stream:
                 if not member.isreg():
                     continue
-                key, ext = _split_member(member.name)
-                if key is None:
+                member_key, ext = _split_member(member.name)
+                if member_key is None:
                     log.debug("%s: skipping member %r without an extension", shard, member.name)
                     continue
-                data = stream.extractfile(member).read()  # type: ignore[union-attr]
-                stream.members = []  # tarfile keeps every TarInfo otherwise
-                if raw is not None and raw["__key__"] != key:
-                    yield decode_sample(raw, shard)
-                    raw = None
-                if raw is None:
-                    if key in seen:
-                        raise ShardError("key appears twice in the shard (members not adjacent)", shard=shard, key=key)
+                if member_key != key:  # a new sample begins, so the previous one is complete
+                    if raw is not None and (sample := _decoded(raw, shard, on_error)) is not None:
+                        yield sample
+                    key, started = member_key, started + 1
+                    raw = {"__key__": key} if (started - 1) % parts == part else None
+                    if raw is not None and key in seen:
+                        problem = ShardError("key appears twice in the shard (members not adjacent)",
+                                             shard=shard, key=key)
+                        if on_error is None:
+                            raise problem
+                        on_error.skip(problem)
+                        raw = None
                     seen.add(key)
-                    raw = {"__key__": key}
-                if ext in raw:
-                    raise ShardError(f"duplicate member {member.name!r}", shard=shard, key=key)
-                raw[ext] = data
-            if raw is not None:
-                yield decode_sample(raw, shard)
+                if raw is not None:
+                    if ext in raw:
+                        problem = ShardError(f"duplicate member {member.name!r}", shard=shard, key=key)
+                        if on_error is None:
+                            raise problem
+                        on_error.skip(problem)
+                        raw = None
+                    else:
+                        raw[ext] = stream.extractfile(member).read()  # type: ignore[union-attr]
+                stream.members = []  # tarfile keeps every TarInfo otherwise
+            _check_end(f, stream.offset)
+            if raw is not None and (sample := _decoded(raw, shard, on_error)) is not None:
+                yield sample
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise ShardError(f"tar is truncated or corrupt near this sample ({type(e).__name__}: {e})", shard=shard, key=key) from e
+        if on_error is None:
+            raise ShardError(f"tar is truncated or corrupt near this sample ({type(e).__name__}: {e})",
+                             shard=shard, key=key) from e
+        done = max(started - 1, 0)  # complete samples before the break
+        lost = _owned(done, expected, part, parts) if expected is not None else _owned(done, done + 1, part, parts)
+        on_error.damaged_shards += int(part == 0)
+        on_error.lost_samples += lost
+        share = f" (this reader's part {part + 1} of {parts})" if parts > 1 else ""
+        total = f"{done} of {expected}" if expected is not None else f"{done} (of an unknown number)"
+        on_error.warn(shard, f"shard {shard} ended after {total} samples, at sample {key!r} "
+                             f"({type(e).__name__}: {e}): {lost} sample(s) lost{share}")
 
 
 @dataclass(frozen=True)
@@ -543,8 +711,8 @@ def index_samples(paths: Sequence[str | Path]) -> list[SampleRef]:
 
     Raises:
         FileNotFoundError: a shard does not exist.
-        ShardError: a corrupt tar, a key that appears twice in one shard, a duplicate member,
-            or a sample without `.json`.
+        ShardError: a corrupt or truncated tar (also one cut at a member boundary), a key that
+            appears twice in one shard, a duplicate member, or a sample without `.json`.
     """
     refs: list[SampleRef] = []
     for path in paths:
@@ -568,6 +736,7 @@ def index_samples(paths: Sequence[str | Path]) -> list[SampleRef]:
                         raise ShardError(f"duplicate member {member.name!r}", shard=shard, key=key)
                     members[ext] = (member.offset_data, member.size)
                     last = key
+                _check_end(tf.fileobj, tf.offset)  # a cut at a member boundary would drop samples quietly
         except tarfile.TarError as e:
             raise ShardError(f"unreadable tar ({type(e).__name__}: {e})", shard=shard, key=last) from e
         for key, members in groups.items():
