@@ -175,7 +175,7 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         ids = add_audio_tokens(tokenizer)
         whisper_encoder = WhisperModel.from_pretrained(encoder, dtype=dtype).get_encoder()
         lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-        lm.resize_token_embeddings(len(tokenizer))
+        _add_token_rows(lm, len(tokenizer))
         config = BorealisConfig(
             encoder_config=whisper_encoder.config, llm_config=lm.config, downsample_factor=downsample_factor,
             adapter=adapter, trim_audio_tokens=trim_audio_tokens,
@@ -383,3 +383,96 @@ def _allow_missing_fresh_parts(module, incompatible) -> None:
         if (".lora_" in key and not module._loaded_lora) or (tied and key.endswith("llm.lm_head.weight")):
             incompatible.missing_keys.remove(key)
 
+
+
+def _add_token_rows(lm, vocab: int) -> None:
+    """Resize the LLM's embeddings to `vocab`; new rows (the audio tokens) get the mean of the
+    old ones, deterministically. transformers' default draws them at random, and the frozen
+    base is not in checkpoints, so two builds would disagree on `<|start_of_audio|>`."""
+    old = lm.get_input_embeddings().weight.shape[0]
+    lm.resize_token_embeddings(vocab, mean_resizing=False)
+    if vocab <= old:
+        return
+    with torch.no_grad():
+        for emb in {id(e): e for e in (lm.get_input_embeddings(), lm.get_output_embeddings()) if e is not None}.values():
+            emb.weight[old:] = emb.weight[:old].mean(dim=0)
+
+
+# ---------------------------------------------------------------------- init_from
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights source, for `load_init_weights`.
+
+    Accepts a model directory (`model.safetensors`, or a sharded `model.safetensors.index.json`,
+    as `save_pretrained` and `tools/export.py` write), a `.safetensors` file, or a torch file
+    (`.pt`/`.bin`/`.ckpt`: a plain state dict, `{"state_dict": ...}` or `{"model": ...}`; a
+    Lightning checkpoint's "model." prefix is dropped). Torch files load with
+    `weights_only=True`: no pickled code runs.
+
+    Raises:
+        FileNotFoundError: nothing loadable at `path`.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        index = p / f"{WEIGHTS_NAME}.index.json"
+        if index.is_file():
+            import json
+
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for f in files for k, v in load_file(p / f).items()}
+        if (p / WEIGHTS_NAME).is_file():
+            return load_file(p / WEIGHTS_NAME)
+        raise FileNotFoundError(f"{p} holds neither {WEIGHTS_NAME} nor {WEIGHTS_NAME}.index.json")
+    if not p.is_file():
+        raise FileNotFoundError(f"init_from: {p} does not exist")
+    if p.suffix == ".safetensors":
+        return load_file(p)
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"init_from: {p} is not a state dict of tensors")
+    if obj and all(k.startswith("model.") for k in obj):  # a Lightning checkpoint of BorealisLightningModule
+        obj = {k[len("model."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_init_weights(model: BorealisForConditionalGeneration, path: str | Path) -> dict[str, int]:
+    """Start `model` from released weights: an exported/saved Borealis model or the seed's state dict.
+
+    Names are the seed's (`encoder.*`, `adapter.w_in/w_out`, `llm.*`, LoRA as
+    `llm.<...>.lora_A.weight`). The source may omit the frozen base (it comes from the model's
+    `encoder`/`llm` checkpoints) and may omit every LoRA factor (fresh LoRA on top, e.g. of a
+    merged export); it must hold every other trainable weight, and nothing the model lacks.
+
+    Returns:
+        {"loaded": tensors loaded, "fresh_lora": LoRA factors left at their init}.
+
+    Raises:
+        ValueError: listing every unexpected key, missing trainable key, or shape mismatch.
+    """
+    state = read_weights(path)
+    own = model.state_dict()
+    if getattr(model.config.llm_config, "tie_word_embeddings", False):
+        state.pop("llm.lm_head.weight", None)
+    unexpected = sorted(set(state) - set(own))
+    has_lora = any(".lora_" in k for k in state)
+    missing = sorted(k for k in model.trainable_parameter_names() if k not in state
+                     and not (".lora_" in k and not has_lora))
+    shapes = sorted(f"{k}: {tuple(state[k].shape)} vs the model's {tuple(own[k].shape)}"
+                    for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    problems = [f"{len(unexpected)} unexpected key(s): {unexpected[:20]}" if unexpected else "",
+                f"{len(missing)} missing trainable key(s): {missing[:20]}" if missing else "",
+                f"{len(shapes)} shape mismatch(es): {shapes[:10]}" if shapes else ""]
+    problems = [x for x in problems if x]
+    if problems:
+        raise ValueError(f"init_from {path}: " + "; ".join(problems) + ". Was it saved from a model with the same "
+                         "encoder, LLM, adapter and LoRA settings?")
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    fresh = sum(".lora_" in k for k in own) if not has_lora else 0
+    log.info("init_from %s: loaded %d tensors%s", path, len(state),
+             f", {fresh} LoRA factors fresh" if fresh else "")
+    return {"loaded": len(state), "fresh_lora": fresh}
