@@ -1,0 +1,338 @@
+"""Export contracts: the seed's client snippet runs on an export without borealis, token for token.
+
+A tiny model is "trained" (LoRA and adapter given random weights) and saved as a Lightning
+checkpoint the way `module.py` does it (trainable weights + hyper_parameters), then exported:
+* `hf` merged and `--keep-adapter`: the seed's snippet, run in a subprocess where `import
+  borealis` fails, gives the same greedy ids as the in-repo model `borealis predict` uses;
+* `voxtral`: stock `VoxtralForConditionalGeneration` gives the same logits (< 1e-4) and the same
+  greedy ids, and what Voxtral cannot express is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from borealis.export import export, load_checkpoint, voxtral_problems
+from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
+from conftest import build_tokenizer, load_tool, tiny_qwen3_config, tiny_whisper_config
+
+SR = 16000
+PROMPT = "What is this audio about? <|start_of_audio|><|end_of_audio|>"
+SYSTEM = "You are a helpful voice assistant."
+MAX_NEW = 12
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0)  # as LightningCLI builds it from the YAML
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """(whisper_dir, qwen3_dir) shaped like the flagship where it matters for export."""
+    from transformers import Qwen3ForCausalLM, WhisperModel
+
+    root = tmp_path_factory.mktemp("export_parts")
+    torch.manual_seed(0)
+    whisper = tiny_whisper_config()
+    whisper.encoder_ffn_dim = 4 * whisper.d_model  # 4 x d_model as in every Whisper size (5120 = 4 x 1280)
+    WhisperModel(whisper).save_pretrained(root / "whisper")
+    tok = build_tokenizer()
+    # 13 spare embedding rows, as Qwen3's 151,936 rows for 151,669 tokens: the audio tokens take
+    # spare (saved) rows, so rebuilding the model from its parts is deterministic
+    Qwen3ForCausalLM(tiny_qwen3_config(len(tok) + 13)).save_pretrained(root / "qwen3")
+    tok.save_pretrained(root / "qwen3")
+    return root / "whisper", root / "qwen3"
+
+
+def _train(tmp_path, parts, lora=LORA, **module_kwargs):
+    """A Lightning-style checkpoint of a 'trained' model; returns (ckpt path, the trained model)."""
+    from borealis.module import BorealisLightningModule
+
+    enc, llm = parts
+    module = BorealisLightningModule(str(enc), str(llm), lora=lora, **module_kwargs)
+    module.configure_model()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if p.requires_grad:  # "training": LoRA B leaves 0; the adapter moves enough that the audio matters
+                p.add_(torch.randn(p.shape, generator=g) * (0.5 if name.startswith("adapter.") else 0.1))
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)  # keeps the trainable weights only, as every real checkpoint
+    path = tmp_path / "last.ckpt"
+    torch.save(checkpoint, path)
+
+    # the model `borealis predict --ckpt_path` runs: a fresh module, then Lightning's checkpoint loading
+    checkpoint = load_checkpoint(path)  # torch.load(weights_only=True), as borealis' CheckpointIO
+    predict = BorealisLightningModule(**checkpoint["hyper_parameters"])
+    predict.configure_model()
+    predict.on_load_checkpoint(checkpoint)
+    predict.load_state_dict(checkpoint["state_dict"], strict=predict.strict_loading)
+    assert all(torch.equal(p, q) for p, q in zip(module.model.parameters(), predict.model.parameters()))
+    return path, predict.model.eval()
+
+
+def _clips():
+    g = torch.Generator().manual_seed(3)
+    # 0.7 s and 1.6 s inside the tiny 2 s window (9 and 20 audio slots), 2.5 s cut to the window
+    return [torch.randn(int(s * SR), generator=g) * 0.1 for s in (0.7, 1.6, 2.5)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, parts):
+    """The default run: trimmed audio tokens, LoRA + adapter trained."""
+    return _train(tmp_path_factory.mktemp("run"), parts)
+
+
+@pytest.fixture(scope="module")
+def hf_exports(tmp_path_factory, trained, parts):
+    """(merged_dir, kept_dir): merged through the CLI with stacked training YAMLs; kept sharded, from hparams."""
+    root = tmp_path_factory.mktemp("hf")
+    ckpt, _ = trained
+    enc, llm = parts
+    (root / "base.yaml").write_text(textwrap.dedent(f"""\
+        model:
+          encoder: {enc}
+          llm: {llm}
+          lora: {{r: 4, alpha: 16}}
+        data: {{}}
+        """))
+    (root / "ablation.yaml").write_text("model:\n  lora: {alpha: 8, dropout: 0.0}\n")  # merged into base's lora
+    assert load_tool("export").main(["--ckpt", str(ckpt), "--config", str(root / "base.yaml"), "--config",
+                                     str(root / "ablation.yaml"), "--out", str(root / "merged")]) == 0
+    export(ckpt, root / "kept", keep_adapter=True, max_shard_size="100KB")
+    return root / "merged", root / "kept"
+
+
+# The seed's snippet (DESIGN.md), in a process where borealis cannot be imported.
+_CLIENT = """
+import json, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p]
+try:
+    import borealis
+    hidden = None
+except ImportError as err:
+    hidden = str(err)
+import torch
+from transformers import AutoModel
+
+merged, kept, clips_path, max_new = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+clips = torch.load(clips_path)
+prompt = "What is this audio about? <|start_of_audio|><|end_of_audio|>"
+result = {"borealis_import_error": hidden}
+
+def snippet(path):
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, device="cpu")
+    ids, texts = [], []
+    for audio in clips:
+        output = model.generate(audio=audio, user_prompt=prompt,
+                                system_prompt="You are a helpful voice assistant.", max_new_tokens=max_new)
+        ids.append(output[0].tolist())
+        texts.append(model.decode(output[0]))
+    batched = model.generate(audio=clips, user_prompt=prompt, system_prompt="You are a helpful voice assistant.",
+                             max_new_tokens=max_new)
+    return {"ids": ids, "texts": texts, "batched": batched.tolist()}
+
+sys.modules["peft"] = None  # peft missing: a merged export must not need it, a kept adapter must say so
+result["merged"] = snippet(merged)
+try:
+    AutoModel.from_pretrained(kept, trust_remote_code=True)
+    result["no_peft_error"] = None
+except ImportError as err:
+    result["no_peft_error"] = str(err)
+del sys.modules["peft"]
+result["kept"] = snippet(kept)
+result["borealis_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "borealis")
+print(json.dumps(result))
+"""
+
+
+def test_seed_snippet_without_borealis_matches_in_repo_generate(hf_exports, trained, tmp_path):
+    merged, kept = hf_exports
+    _, model = trained
+    clips = _clips()
+    torch.save(clips, tmp_path / "clips.pt")
+    hide = tmp_path / "hide" / "borealis"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('borealis is hidden from this process')\n")
+    env = {**os.environ, "PYTHONPATH": str(hide.parent), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-c", _CLIENT, str(merged), str(kept), str(tmp_path / "clips.pt"),
+                           str(MAX_NEW)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["borealis_import_error"] == "borealis is hidden from this process"
+    assert got["borealis_modules"] == []
+
+    want = [model.generate(audio=c, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)[0].tolist()
+            for c in clips]
+    want_batched = model.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM,
+                                  max_new_tokens=MAX_NEW).tolist()
+    assert len({tuple(w) for w in want}) == len(clips), "outputs should depend on the audio"
+    assert all(len(w) >= 4 for w in want)
+    for kind in ("merged", "kept"):
+        assert got[kind]["ids"] == want, kind
+        assert got[kind]["texts"] == [model.decode(w) for w in want], kind
+        assert got[kind]["batched"] == want_batched, kind
+    assert "needs peft" in got["no_peft_error"] and "without --keep-adapter" in got["no_peft_error"]
+
+
+def test_export_layout(hf_exports):
+    from transformers import WhisperFeatureExtractor
+
+    merged, kept = hf_exports
+    config = json.loads((merged / "config.json").read_text())
+    assert config["model_type"] == "borealis"
+    assert config["auto_map"] == {"AutoConfig": "configuration_borealis.BorealisConfig",
+                                  "AutoModel": "modeling_borealis.BorealisForConditionalGeneration"}
+    assert config["lora"] is None and config["lora_adapter"] is None
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"):
+        assert (merged / name).is_file(), name
+    extractor = WhisperFeatureExtractor.from_pretrained(merged)
+    assert (extractor.feature_size, extractor.sampling_rate, extractor.nb_max_frames) == (80, SR, 200)
+    with safe_open(merged / "model.safetensors", "pt") as f:
+        assert not any("lora_" in k for k in f.keys()) and "adapter.w_in.weight" in f.keys()
+    BorealisForConditionalGeneration.from_pretrained(merged)  # the training package reads it too (strict)
+
+    # the remote code imports torch, transformers, the standard library and itself, never borealis
+    for name in ("configuration_borealis.py", "modeling_borealis.py"):
+        tree = ast.parse((merged / name).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module}
+        assert roots <= {"__future__", "math", "os", "torch", "transformers", "peft"}, (name, roots)
+
+    kept_config = json.loads((kept / "config.json").read_text())
+    assert kept_config["lora_adapter"] == "lora" and kept_config["lora"]["r"] == 4
+    assert json.loads((kept / "lora" / "adapter_config.json").read_text())["r"] == 4
+    shards = sorted(p.name for p in kept.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (kept / "model.safetensors.index.json").is_file()
+    with safe_open(kept / "lora" / "adapter_model.safetensors", "pt") as f:  # one file: peft reads no shards
+        assert all(k.startswith("base_model.model.model.layers.") and ".lora_" in k for k in f.keys())
+
+
+def test_deep_adapter_full_fine_tune_and_bf16_exports(parts, tmp_path):
+    # the demo's setting (no LoRA, encoder trained) with the deep adapter: every weight comes from the checkpoint
+    from borealis.hf_remote.modeling_borealis import BorealisForConditionalGeneration as Remote
+
+    ckpt, model = _train(tmp_path, parts, lora=None, freeze_encoder=False, adapter="deep")
+    clip = _clips()[1]
+    want = model.generate(audio=clip, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError, match="--keep-adapter needs a model trained with LoRA"):
+        export(ckpt, tmp_path / "kept", keep_adapter=True)
+    remote = Remote.from_pretrained(export(ckpt, tmp_path / "fp32"))  # the copied file's class, in-process
+    assert remote.generate(audio=clip, user_prompt=PROMPT, system_prompt=SYSTEM,
+                           max_new_tokens=MAX_NEW).tolist() == want.tolist()
+
+    half = Remote.from_pretrained(export(ckpt, tmp_path / "bf16", dtype="bfloat16"))
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.features.mel_filters.dtype == torch.float32  # the log-mel stays float32
+    assert half.generate(audio=clip.numpy(), user_prompt=PROMPT, max_new_tokens=4).shape[0] == 1
+
+
+@pytest.fixture(scope="module")
+def voxtral_run(tmp_path_factory, parts):
+    """The flagship setting: the full window of audio tokens (trim_audio_tokens: false)."""
+    return _train(tmp_path_factory.mktemp("vox_run"), parts, trim_audio_tokens=False)
+
+
+def test_voxtral_export_matches_logits_and_greedy_ids(voxtral_run, tmp_path):
+    from transformers import VoxtralForConditionalGeneration, WhisperFeatureExtractor
+
+    ckpt, model = voxtral_run
+    out = export(ckpt, tmp_path / "vox", format="voxtral")
+    assert "auto_map" not in json.loads((out / "config.json").read_text())
+    assert not list(out.glob("*.py"))
+    voxtral = VoxtralForConditionalGeneration.from_pretrained(out).eval()  # stock class, no remote code
+    extractor = WhisperFeatureExtractor.from_pretrained(out)
+
+    clips = _clips()
+    chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    ids = torch.tensor([model.prompts.encode(chat, num_samples=len(c), generation=True).input_ids for c in clips])
+    lengths = torch.tensor([len(c) for c in clips])
+    features = extractor([c.numpy() for c in clips], sampling_rate=SR, return_tensors="pt").input_features
+    with torch.no_grad():
+        ours = model(input_ids=ids, waveforms=torch.nn.utils.rnn.pad_sequence(clips, batch_first=True),
+                     audio_lengths=lengths).logits
+        theirs = voxtral(input_ids=ids, input_features=features).logits
+    assert (ours - theirs).abs().max() < 1e-4, (ours - theirs).abs().max()
+
+    want = model.generate(audio=clips[1], user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
+    got = voxtral.generate(input_ids=ids[1:2], input_features=features[1:2], max_new_tokens=MAX_NEW, do_sample=False)
+    assert got[0, ids.shape[1]:].tolist() == want[0].tolist()
+
+
+def test_voxtral_refuses_what_it_cannot_express(trained, tiny_parts, tmp_path):
+    ckpt, model = trained
+    with pytest.raises(ValueError, match="trim_audio_tokens=True") as err:
+        export(ckpt, tmp_path / "vox", format="voxtral")
+    assert "375" not in str(err.value) and "25 per 2 s" in str(err.value)  # the tiny window's full count
+    assert not (tmp_path / "vox").exists()
+
+    # conftest's tiny Whisper has encoder_ffn_dim = 2 x d_model: Voxtral would stack 2 frames, not 4
+    enc, llm = tiny_parts
+    half = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), trim_audio_tokens=False)
+    assert any("intermediate_size = encoder_ffn_dim = 64" in p for p in voxtral_problems(half))
+    deep = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), adapter="deep", trim_audio_tokens=False)
+    assert any("adapter='deep'" in p for p in voxtral_problems(deep))
+
+    # a bias Voxtral's projector lacks: zero is exportable (it adds nothing), non-zero is refused
+    w_in = model.adapter.w_in
+    biased = torch.nn.Linear(w_in.in_features, w_in.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(w_in.weight)
+        biased.bias.zero_()
+    model.adapter.w_in = biased
+    try:
+        assert not any("bias" in p for p in voxtral_problems(model))
+        with torch.no_grad():
+            biased.bias.fill_(0.1)
+        assert any("['w_in.bias']" in p for p in voxtral_problems(model))
+    finally:
+        model.adapter.w_in = w_in
+
+
+class _Opaque:
+    """Stands for any pickled Python object in a checkpoint."""
+
+
+def test_bad_inputs_fail_clearly(trained, parts, tmp_path, capsys):
+    ckpt, _ = trained
+    enc, llm = parts
+    with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
+        export(tmp_path / "missing.ckpt", tmp_path / "a")
+    assert load_tool("export").main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "a")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a Lightning checkpoint"):
+        export(tmp_path / "plain.pt", tmp_path / "a")
+    torch.save({"state_dict": {}, "callback": _Opaque()}, tmp_path / "code.ckpt")
+    with pytest.raises(ValueError, match="Python objects beyond tensors.*_Opaque"):
+        export(tmp_path / "code.ckpt", tmp_path / "a")  # never unpickled: weights_only=True
+
+    other = tmp_path / "other.yaml"  # trained with r=4, this config says r=8
+    other.write_text(f"model:\n  encoder: {enc}\n  llm: {llm}\n  lora: {{r: 8, alpha: 16, dropout: 0.0}}\n")
+    with pytest.raises(ValueError, match="does not describe the model this checkpoint was trained as: lora"):
+        export(ckpt, tmp_path / "a", config=other)
+    stripped = load_checkpoint(ckpt)
+    del stripped["hyper_parameters"]  # no stored settings to compare: the weights themselves must not fit
+    torch.save(stripped, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match=r"does not match the model its settings describe.*another shape"):
+        export(tmp_path / "bare.ckpt", tmp_path / "a", config=other)
+    with pytest.raises(ValueError, match="no hyper_parameters; pass --config"):
+        export(tmp_path / "bare.ckpt", tmp_path / "a")
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        export(ckpt, tmp_path / "full")
+    with pytest.raises(ValueError, match="--keep-adapter is for --format hf"):
+        export(ckpt, tmp_path / "a", format="voxtral", keep_adapter=True)
+    assert not (tmp_path / "a").exists()
