@@ -1,6 +1,7 @@
 """The `borealis` command: LightningCLI over BorealisLightningModule + BorealisDataModule.
 
     borealis fit --config configs/it_fresh.yaml
+    borealis fit --config configs/it_fresh.yaml --ckpt_path last   # resume exactly where it stopped
     borealis validate --config configs/demo.yaml --ckpt_path demo/runs/checkpoints/last.ckpt
     borealis predict --config configs/demo.yaml --ckpt_path ...
     borealis fit --help            # every option, from the constructors' docstrings
@@ -9,18 +10,36 @@ The model's prompt builder (tokenizer + audio token geometry) is linked into the
 module at instantiation, so the two can never disagree about token ids. The augmentation
 curriculum's clock (`callbacks.AugmentationScheduler`) is always installed; its options sit
 under `augmentation_scheduler:` and it does nothing when `data.augmentation` is null.
+
+Checkpoints: `checkpointing.Checkpoint` is always installed, with its options under
+`checkpoint:` (`--checkpoint.every_n_train_steps`, `--checkpoint.train_time_interval`, ...;
+`trainer.enable_checkpointing: false` turns it off). More ModelCheckpoints in
+`trainer.callbacks` (e.g. the top-k by WER) must leave `save_last` to it. Checkpoints are
+written by `checkpointing.AtomicCheckpointIO` unless the trainer names its own plugin. With
+`--ckpt_path FILE`, LightningCLI reads the model options stored in the checkpoint; here
+options given in a config or on the command line win over them, and a warning lists those
+that differ (a changed architecture then fails where the weights load, naming the keys).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 
+from jsonargparse import Namespace
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from borealis.callbacks import AugmentationScheduler
+from borealis.checkpointing import AtomicCheckpointIO, Checkpoint
 from borealis.data import BorealisDataModule
 from borealis.module import BorealisLightningModule
+
+log = logging.getLogger(__name__)
 
 
 class BorealisCLI(LightningCLI):
@@ -30,6 +49,62 @@ class BorealisCLI(LightningCLI):
         # Validation batches are dealt to ranks by data.RankBatches; Lightning must not re-shard them.
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_lightning_class_args(AugmentationScheduler, "augmentation_scheduler")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's checkpoint-hparams merge, with the user's explicit model options on top.
+
+        An option counts as given when its value differs from the parser's default (a config
+        file or the command line set it); the checkpoint fills in the rest.
+        """
+        sub = self.config.get("subcommand")
+        given = copy.deepcopy(self.config[sub].get("model")) if sub else None
+        super()._parse_ckpt_path()
+        if given is None:
+            return
+        merged = self.config[sub]["model"]
+        defaults = self._parser(sub).get_defaults().get("model")
+        differ = []
+        for key in vars(given):
+            mine, stored = _plain(given[key]), _plain(merged[key])
+            if mine != _plain(defaults[key] if defaults is not None and key in defaults else None):
+                if mine != stored:
+                    differ.append(f"{key}: checkpoint {stored!r}, given {mine!r}")
+                merged[key] = given[key]
+        if differ:
+            log.warning("model options differ from the checkpoint's hyperparameters; the given values win (an "
+                        "architecture change fails when the weights load): %s", "; ".join(differ))
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, Checkpoint)]
+        ours = next((cb for cb in callbacks if isinstance(cb, Checkpoint)), None)
+        clash = [i for i, cb in enumerate(config.get("callbacks") or [])
+                 if isinstance(cb, ModelCheckpoint) and cb.save_last and ours is not None and ours.save_last]
+        if clash:  # two writers of last.ckpt
+            raise ValueError(f"trainer.callbacks{clash}: a ModelCheckpoint with save_last, but `checkpoint:` keeps "
+                             f"last.ckpt already; set save_last: false there (extra top-k checkpoints are fine) or "
+                             f"move its options under `checkpoint:` (see `borealis fit --help`)")
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: no plugin was named
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+
+def _plain(value):
+    """A config value as plain data, so defaults (a dataclass default is held as class_path +
+    init_args), parsed values and checkpoint values compare equal when they mean the same."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        if "class_path" in value and "init_args" in value:
+            value = value["init_args"] or {}
+        return {k: _plain(v) for k, v in value.items() if not k.startswith("__")}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,13 +11,26 @@ Training streams (`MixtureStream`, an IterableDataset):
     that ran dry;
   * clips pass through the active stage of the augmentation curriculum
     (`augmentations.AugmentationPipeline`, switched by `callbacks.AugmentationScheduler`)
-    after the duration filter and before tokenisation, so speed changes are counted;
+    after the duration filter: before tokenisation when the stage changes clip lengths
+    (`Speed`), so the changes are counted, else when the batch is built (`keeps_length`);
   * damaged data is skipped, not fatal: a sample that does not decode or whose metadata
     cannot be trained on (`sample_problem`), a truncated tar, a shard that cannot be opened.
     Each is warned about by name and counted (`shards.ReadErrors`); every batch carries the
     counts since the worker's previous batch as `data_errors`, and the LightningModule logs
     their totals. A pool with nothing usable still stops the run, naming the pool and why.
 Randomness is a pure function of (seed, epoch, slot): reruns reproduce, workers differ.
+Augmentation draws are seeded per sample (seed, epoch, slot, draw index), so a sample's
+augmentation never depends on which samples were augmented before it.
+
+Exact resume (`ResumableLoader`): the DataLoader deals batches from its workers round-robin,
+in order, so batch i of an epoch is worker i % W's (i // W)-th batch, and the trainer's
+position is just (epoch, batches consumed). Lightning saves it in every checkpoint; on
+resume each worker replays its deterministic stream past its share of the consumed batches
+(reading, decoding, shuffling and tokenising as before, so batch composition is identical,
+but without collation and, for length-preserving stages, without augmentation), and the
+worker that yields first takes the role of the one whose batch was next. Batches that were
+prefetched but not consumed are regenerated. Cost: reading the skipped part of the epoch
+once more, spread over the workers (plus its augmentation when the stage changes lengths).
 
 Validation (`BenchmarkSet`, map-style) indexes each benchmark's tar members once, sorts by
 duration, cuts batches, and deals them to ranks; ranks short of a batch get a *pad* batch
@@ -31,11 +44,12 @@ padding for generation, waveforms of the audio rows padded with their lengths.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -45,7 +59,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from borealis.augmentations import AugmentationPipeline
+from borealis.augmentations import (
+    AugmentationPipeline,
+    AugmentationStage,
+    BackgroundNoise,
+    BandPass,
+    Clipping,
+    Codec,
+    Equalizer,
+    Gain,
+    ImpulseResponse,
+    PitchShift,
+    ResampleRoundTrip,
+    Telephony,
+)
+from borealis.inference import WindowSet, expand_paths
 from borealis.prompts import AUDIO_PLACEHOLDER, IGNORE_INDEX, PromptBuilder, sample_messages
 from borealis.shards import (
     SAMPLE_RATE,
@@ -231,7 +259,8 @@ def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False)
             "audio_lengths": lengths, "keys": [it["key"] for it in items],
             "references": [it.get("reference") for it in items], "languages": [it.get("language") for it in items],
             "pools": [it.get("pool") for it in items],
-            "is_pad": torch.tensor([bool(it.get("is_pad")) for it in items])}
+            "is_pad": torch.tensor([bool(it.get("is_pad")) for it in items]),
+            "windows": [it.get("window") for it in items]}  # (file, index, start, end) for predict_files
 
 
 class MixtureStream(IterableDataset):
@@ -262,9 +291,30 @@ class MixtureStream(IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.augmentation = augmentation
         self.epoch = torch.zeros(1, dtype=torch.long).share_memory_()  # read by workers at each epoch start
+        # (epoch, batches of it the trainer consumed) to resume at; epoch -1: none. Shared, like `epoch`.
+        self.resume = torch.tensor([-1, 0], dtype=torch.long).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch.fill_(epoch)
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        """Make epoch `epoch` start after its first `consumed` batches (per rank), exactly
+        where a run with the same world size and worker count stopped. Set before the
+        workers start that epoch; later epochs start from their first batch."""
+        self.resume[0], self.resume[1] = epoch, consumed
+
+    def fingerprint(self) -> str:
+        """What the stream's content depends on, besides (epoch, slot): a resumed run with a
+        different fingerprint reads a different stream."""
+        pools = [(name, [str(s) for s in shards], weight, start) for name, shards, weight, start in self.pools]
+        text = [str(s) for s in self.text or []]
+        spec = json.dumps([pools, text, self.text_ratio, vars(self.batching), self.shuffle_buffer, self.min_seconds,
+                           self.max_seconds, self.seed, self._prompt_geometry()], default=str)
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+    def _prompt_geometry(self) -> list:
+        p = self.prompts  # token counts, hence token-budget batches, depend on these
+        return [len(p.tokenizer), p.downsample_factor, p.max_source_positions, p.trim_audio_tokens, p.system_prompt]
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -339,10 +389,18 @@ class MixtureStream(IterableDataset):
                                  f"them), and no other sample {in_range}")
 
     def __iter__(self) -> Iterator[dict]:
-        slot, slots, wid, nw = _slot_info(self.rank, self.world_size)
+        _, _, wid, nw = _slot_info(self.rank, self.world_size)
         epoch = int(self.epoch.item())
+        resume_epoch, consumed = (int(v) for v in self.resume.tolist())
+        offset = consumed if resume_epoch == epoch else 0
+        if offset >= self.batches_per_epoch:  # resumed past the end: nothing left of this epoch
+            return
+        # Batch i of an epoch is role i % nw's. After `offset` consumed batches the loader's worker 0
+        # yields first, so worker w plays role (w + offset) % nw and skips that role's consumed batches.
+        role = (wid + offset) % nw
+        slot, slots = self.rank * nw + role, self.world_size * nw
+        skip = len(range(role, offset, nw))
         rng = np.random.default_rng([self.seed, epoch, slot, 1])
-        aug_rng = np.random.default_rng([self.seed, epoch, slot, 2])  # own stream: augmenting never reorders data
         max_samples = int(self.max_seconds * SAMPLE_RATE)
         active = [(i, w) for i, (_, _, w, start) in enumerate(self.pools) if start <= epoch]
         stats = [ReadErrors() for _ in range(len(self.pools) + 1)]  # per pool, so the empty-pool guard names its own
@@ -350,29 +408,148 @@ class MixtureStream(IterableDataset):
         weights = np.array([w for _, w in active], dtype=float)
         weights /= weights.sum()
         text = self._pool_samples(len(self.pools), slot, slots, rng, epoch, stats[-1]) if self.text else None
-        quota = self.batches_per_epoch // nw + (wid < self.batches_per_epoch % nw)
+        quota = self.batches_per_epoch // nw + (role < self.batches_per_epoch % nw)
         pending: list[list[dict]] = []
         reported = np.zeros(len(ReadErrors.names), dtype=np.int64)
+        drawn = 0  # samples drawn by this slot this epoch: with (seed, epoch, slot), seeds a sample's augmentation
         while quota > 0:
             if not pending:
                 bucket = []
                 for _ in range(self.batching.bucket_size):
+                    deferred = None
                     if text is not None and rng.random() < self.text_ratio:
                         sample = next(text)
                     else:
                         sample = next(streams[int(rng.choice(len(streams), p=weights))])
-                        if self.augmentation is not None and sample["audio"] is not None:
-                            sample["audio"] = self.augmentation(sample["audio"], aug_rng, max_samples)
-                    bucket.append(encode_sample(sample, self.prompts))
+                        stage = self.augmentation.active if self.augmentation is not None else None
+                        if stage is not None and stage.effects and sample["audio"] is not None:
+                            seed = [self.seed, epoch, slot, 2, drawn]
+                            if keeps_length(stage):  # sizes do not depend on it: augment only what is yielded
+                                deferred = (stage, seed)
+                            else:
+                                sample["audio"] = stage(sample["audio"], np.random.default_rng(seed), max_samples)
+                    item = encode_sample(sample, self.prompts)
+                    item["augment"] = deferred
+                    bucket.append(item)
+                    drawn += 1
                 bucket.sort(key=self.batching.size)
                 pending = self.batching.cut(bucket)
                 pending = [pending[i] for i in rng.permutation(len(pending))]
-            batch = collate(pending.pop(), self.prompts.pad_token_id)
+            items = pending.pop()
+            quota -= 1
+            if skip:  # consumed before the checkpoint: replayed for the RNG and the shuffle buffers, not built
+                skip -= 1
+                if not skip:  # what the replay met was counted by the run that consumed it
+                    reported = np.sum([s.counts() for s in stats], axis=0, dtype=np.int64)
+                continue
+            for item in items:
+                if item["augment"] is not None:
+                    stage, seed = item["augment"]
+                    item["audio"] = stage(item["audio"], np.random.default_rng(seed), max_samples)
+            batch = collate(items, self.prompts.pad_token_id)
             counts = np.sum([s.counts() for s in stats], axis=0, dtype=np.int64)
             batch["data_errors"] = torch.from_numpy(counts - reported)  # since this worker's previous batch
             reported = counts
             yield batch
-            quota -= 1
+
+
+# Effects whose output has the input's length (checked by tests/test_resume.py). With only these
+# in a stage, a clip's size, hence batch composition, does not depend on its augmentation.
+_LENGTH_PRESERVING = (BackgroundNoise, ImpulseResponse, Equalizer, Gain, BandPass, ResampleRoundTrip, Telephony,
+                      Codec, Clipping, PitchShift)
+
+
+def keeps_length(stage: AugmentationStage) -> bool:
+    """Whether every effect of `stage` keeps a clip's length (unknown effect types count as not)."""
+    return all(type(e) in _LENGTH_PRESERVING for e in stage.effects)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader: Lightning saves its position in every checkpoint and restores it.
+
+    The state is small and plain: the epoch, the batches the trainer consumed in it (this
+    loader counts what it hands out; Lightning does not prefetch from a sized loader), the
+    curriculum stage to resume in, and the topology and stream fingerprint it is exact for.
+    `load_state_dict` must run before the loader is first iterated, so before any worker
+    (persistent ones too) starts: `BorealisDataModule` saves the state as its own and applies
+    it when Lightning asks it for the loader. (Lightning's own stateful-loader path, which
+    this class also serves, restores too late whenever `configure_optimizers` reads
+    `trainer.estimated_stepping_batches`: that creates and iterates the loader before the
+    checkpoint's loop states are loaded. Applying the same state twice is harmless.)
+
+    On resume with another world size or worker count the shards are dealt differently, so the
+    rest of the interrupted epoch cannot be told apart from what was read: the loader ends that
+    epoch at once (with a warning saying how many batches it drops) and the next epoch starts
+    on the new topology. No sample is read twice within an epoch; the dropped batches are not
+    trained on. With a changed data configuration (fingerprint) the stream continues at the
+    same position of the new stream, with a warning.
+
+    Args:
+        dataset: the training stream.
+        progress: the trainer's (is the batch last handed out the last of Lightning's epoch,
+            e.g. with `limit_train_batches`; global step), read when a checkpoint is saved.
+        **kwargs: DataLoader arguments.
+    """
+
+    def __init__(self, dataset: MixtureStream, *, progress: Callable[[], tuple[bool, int]] | None = None,
+                 **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.progress = progress
+        self.position = (0, 0)  # (epoch, batches handed out in it)
+        self._applied: dict | None = None
+
+    def _topology(self) -> dict:
+        stream = self.dataset
+        return {"world_size": stream.world_size, "workers": max(self.num_workers, 1)}
+
+    def __iter__(self):
+        stream = self.dataset
+        epoch = int(stream.epoch.item())
+        resume_epoch, consumed = (int(v) for v in stream.resume.tolist())
+        self.position = (epoch, consumed if resume_epoch == epoch else 0)
+        if resume_epoch != epoch and resume_epoch >= 0:
+            stream.resume_at(-1, 0)  # the resumed epoch is over
+        for batch in super().__iter__():
+            self.position = (epoch, self.position[1] + 1)
+            yield batch
+
+    def state_dict(self) -> dict:
+        epoch, consumed = self.position
+        last, step = self.progress() if self.progress is not None else (False, 0)
+        end = bool(last or consumed >= len(self))
+        pipeline = self.dataset.augmentation  # the stage the resumed epoch runs in, a function of (epoch, step)
+        stage = pipeline.stage_at(epoch + end, step) if pipeline is not None else None
+        return {"epoch": epoch, "consumed": consumed, "end_of_epoch": end, "stage": stage, **self._topology(),
+                "fingerprint": self.dataset.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state == self._applied:
+            return
+        self._applied = dict(state)
+        stream = self.dataset
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if state["end_of_epoch"]:
+            epoch, consumed = epoch + 1, 0
+        saved = {k: state[k] for k in self._topology()}
+        if consumed and saved != self._topology():
+            log.warning("resume is approximate: the checkpoint's training stream ran on %s, this run on %s, so the "
+                        "rest of epoch %d cannot be told apart from what was read; that epoch ends now (its last "
+                        "%d batches per rank are dropped, none is repeated) and epoch %d starts on the new "
+                        "topology", saved, self._topology(), epoch, max(len(self) - consumed, 0), epoch + 1)
+            consumed = len(self)
+        elif state["fingerprint"] != stream.fingerprint():
+            log.warning("the data configuration (pools, batching, seed, prompt geometry) differs from the "
+                        "checkpoint's: the training stream continues at epoch %d, batch %d of the new stream, "
+                        "which is not the one the interrupted run read (samples may repeat or be skipped)",
+                        epoch, consumed)
+        else:
+            log.info("resuming the training stream exactly: epoch %d after %d of its %d batches per rank",
+                     epoch, consumed, len(self))
+        stream.set_epoch(epoch)
+        stream.resume_at(epoch, consumed)
+        self.position = (epoch, consumed)
+        if stream.augmentation is not None and state.get("stage") is not None:
+            stream.augmentation.set_stage(int(state["stage"]))  # the scheduler's epoch hook runs too late
 
 
 class BenchmarkSet(Dataset):
@@ -436,6 +613,19 @@ class BorealisDataModule(L.LightningDataModule):
         text_ratio: share of text-only samples in training (the seed: 10-15% helps, 25% hurts).
         val_sets: benchmark name -> shards; one validation dataloader each, scored exactly once.
         predict_sets: name -> shards for `borealis predict`.
+        predict_files: audio files, folders and globs for `borealis predict` (any soundfile
+            format, rate and channel count); each gets one output line: its prediction, with
+            per-window timing, or its error. Long files are cut into windows of at most the
+            encoder's window (see `inference.plan_windows`) and the window texts merged.
+        predict_prompt: the instruction for `predict_files` (null: the ASR prompt).
+        predict_language: language of `predict_files` (picks the ASR prompt; written out).
+        predict_overlap: seconds neighbouring windows share where a cut falls in speech
+            (null: a tenth of the encoder window).
+        predict_min_seconds: shorter files are reported as errors ("too_short").
+        predict_min_pause: also split files at every pause at least this long (seconds), as a
+            voice-activity segmenter would, so each utterance gets its own window (null: cut
+            only where a file exceeds the window). For models trained on single short
+            utterances (the demo); long windows give an LLM more context.
         batching: training batch composition.
         val_batching: validation/predict batch composition.
         batches_per_epoch: training batches per rank per epoch (all ranks run the same number).
@@ -454,7 +644,10 @@ class BorealisDataModule(L.LightningDataModule):
                  batching: Batching | None = None, val_batching: Batching | None = None,
                  batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
                  max_seconds: float = 30.0, num_workers: int = 2, seed: int = 0,
-                 augmentation: AugmentationPipeline | None = None, prompt_builder: PromptBuilder | None = None) -> None:
+                 augmentation: AugmentationPipeline | None = None, prompt_builder: PromptBuilder | None = None,
+                 predict_files: list[str] | None = None, predict_prompt: str | None = None,
+                 predict_language: str | None = None, predict_overlap: float | None = None,
+                 predict_min_seconds: float = 0.25, predict_min_pause: float | None = None) -> None:
         super().__init__()
         if not 0.0 <= text_ratio < 1.0:
             raise ValueError(f"text_ratio must be in [0, 1), got {text_ratio}")
@@ -463,6 +656,11 @@ class BorealisDataModule(L.LightningDataModule):
         self.train_pools = train_pools or []
         self.text_pool, self.text_ratio = text_pool, text_ratio
         self.val_sets, self.predict_sets = dict(val_sets or {}), dict(predict_sets or {})
+        self.predict_files, self.predict_prompt, self.predict_language = list(predict_files or []), predict_prompt, \
+            predict_language
+        self.predict_overlap, self.predict_min_seconds = predict_overlap, predict_min_seconds
+        self.predict_min_pause = predict_min_pause
+        self.windows: WindowSet | None = None  # predict_files, cut into windows
         self.batching = batching or Batching(batch_size=8)
         self.val_batching = val_batching or Batching(batch_size=16)
         self.batches_per_epoch, self.shuffle_buffer = batches_per_epoch, shuffle_buffer
@@ -471,6 +669,8 @@ class BorealisDataModule(L.LightningDataModule):
         self.augmentation = augmentation
         self.prompt_builder = prompt_builder
         self.train_stream: MixtureStream | None = None
+        self._train_loader: ResumableLoader | None = None  # the one Lightning iterates: its position is saved
+        self._resume_state: dict | None = None  # a checkpoint's stream position, for the next train loader
         self.benchmarks: dict[str, BenchmarkSet] = {}
 
     def _dist(self) -> tuple[int, int]:
@@ -485,20 +685,66 @@ class BorealisDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         prompts = self._need_prompts()
         rank, world = self._dist()
+        self.check(stage)
         if stage == "fit" and self.train_stream is None:
-            if not self.train_pools:
-                raise ValueError("data.train_pools is empty: name at least one pool to train on")
-            if self.augmentation is not None:
-                self.augmentation.check()
             self.train_stream = MixtureStream(
                 self.train_pools, prompts, self.batching, text_shards=self.text_pool, text_ratio=self.text_ratio,
                 batches_per_epoch=self.batches_per_epoch, shuffle_buffer=self.shuffle_buffer,
                 min_seconds=self.min_seconds, max_seconds=self.max_seconds, seed=self.seed, rank=rank,
                 world_size=world, augmentation=self.augmentation)
+        if stage == "predict" and self.predict_files and self.windows is None:
+            window = prompts.max_source_positions * 2 * 160 / SAMPLE_RATE  # encoder window: 10 ms per mel frame
+            files = expand_paths(self.predict_files)[rank::world]  # whole files per rank: windows merge locally
+            self.windows = WindowSet(files, prompts, window=window,
+                                     overlap=window / 10 if self.predict_overlap is None else self.predict_overlap,
+                                     user_prompt=self.predict_prompt, language=self.predict_language,
+                                     min_seconds=self.predict_min_seconds, min_pause=self.predict_min_pause)
         sets = self.predict_sets if stage == "predict" else self.val_sets
         for name, shards in sets.items():
             if name not in self.benchmarks:
                 self.benchmarks[name] = BenchmarkSet(name, shards, prompts)
+
+    def check(self, stage: str) -> None:
+        """Fail before any weights load if a data source of `stage` is missing or empty.
+
+        Every problem is gathered into one error naming the config key and the path: a
+        training pool, the text pool or a benchmark whose spec matches no shard (or whose
+        index.json is invalid), an empty `train_pools` (fit) or `val_sets` (validate/test), a
+        missing noise or IR pool of the augmentation curriculum. Cost: listing the shards
+        (index.json reads and globs), no tar is opened. FileNotFoundError when every problem
+        is a missing path, else ValueError.
+        """
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn (a str enum)
+        problems: list[tuple[str, Exception]] = []
+
+        def probe(key: str, spec: str, *, keep_missing: bool) -> None:
+            try:
+                list_shards(spec, keep_missing=keep_missing)
+            except (FileNotFoundError, ValueError) as err:
+                problems.append((key, err))
+
+        if stage == "fit":
+            if not self.train_pools:
+                problems.append(("data.train_pools", ValueError("empty: name at least one pool to train on")))
+            for i, pool in enumerate(self.train_pools):  # missing listed shards are skipped and counted in training
+                probe(f"data.train_pools[{i}] ({pool.name!r})", pool.shards, keep_missing=True)
+            if self.text_pool and self.text_ratio > 0:
+                probe("data.text_pool", self.text_pool, keep_missing=True)
+            if self.augmentation is not None:
+                try:
+                    self.augmentation.check()
+                except (FileNotFoundError, ValueError) as err:
+                    problems.append(("data.augmentation", err))
+        if stage in ("validate", "test") and not self.val_sets:
+            problems.append(("data.val_sets", ValueError(f"empty: `{stage}` scores benchmarks; name at least one")))
+        sets = ("data.predict_sets", self.predict_sets) if stage == "predict" else ("data.val_sets", self.val_sets)
+        for name, spec in sets[1].items():
+            if name not in self.benchmarks:  # benchmarks are read strictly: every listed shard must exist
+                probe(f"{sets[0]}.{name}", spec, keep_missing=False)
+        if problems:
+            kind = FileNotFoundError if all(isinstance(e, FileNotFoundError) for _, e in problems) else ValueError
+            lines = "".join(f"\n  - {key}: {err}" for key, err in problems)
+            raise kind(f"{len(problems)} problem(s) with the data configuration (stage {stage!r}):{lines}")
 
     def set_epoch(self, epoch: int) -> None:
         if self.train_stream is not None:
@@ -508,8 +754,32 @@ class BorealisDataModule(L.LightningDataModule):
         return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available(), **kwargs)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_stream, batch_size=None)
+    def _progress(self) -> tuple[bool, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return False, 0
+        return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch), trainer.global_step
+
+    def state_dict(self) -> dict:
+        """The training stream's position (`ResumableLoader.state_dict`), saved in every checkpoint."""
+        return {"train_stream": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Keep the checkpoint's stream position for the training loader. Lightning restores a
+        DataModule before it first asks for (and iterates) that loader."""
+        self._resume_state = state_dict.get("train_stream")
+
+    def train_dataloader(self) -> ResumableLoader:
+        # Its own generator: creating the iterator draws its base seed from it, not from the global RNG
+        # that the checkpoint restores (see module.BorealisLightningModule.on_train_start).
+        loader = ResumableLoader(self.train_stream, batch_size=None, num_workers=self.num_workers,
+                                 persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                                 generator=torch.Generator().manual_seed(self.seed), progress=self._progress)
+        if self._resume_state is not None:
+            loader.load_state_dict(self._resume_state)
+            self._resume_state = None
+        self._train_loader = loader
+        return loader
 
     def _benchmark_loaders(self, names: Sequence[str]) -> list[DataLoader]:
         rank, world = self._dist()
@@ -528,4 +798,10 @@ class BorealisDataModule(L.LightningDataModule):
         return self._benchmark_loaders(list(self.val_sets))
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._benchmark_loaders(list(self.predict_sets))
+        loaders = self._benchmark_loaders(list(self.predict_sets))
+        if self.windows is not None and len(self.windows):
+            pad = self._need_prompts().pad_token_id
+            loaders.append(self._loader(self.windows, batch_sampler=RankBatches(self.windows.durations,
+                                                                                self.val_batching),
+                                        collate_fn=partial(collate, pad_token_id=pad, left_pad=True)))
+        return loaders

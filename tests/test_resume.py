@@ -1,0 +1,449 @@
+"""Resume and fault tolerance: a killed run continues exactly, and a bad step never poisons the model.
+
+The end-to-end test runs the real `borealis fit` three times on a tiny corpus: once through,
+once killed with SIGKILL in the middle of an epoch (parked by a test callback right after a
+checkpoint, with batches prefetched by 2 workers), and once resumed with `--ckpt_path last`.
+The resumed run must train on exactly the batches, and end with exactly the weights, of the
+uninterrupted one. The rest runs in-process: the training stream's resume arithmetic, skipped
+non-finite steps, the atomic checkpoint writer, and config/data faults failing early.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import build_tokenizer, make_pool
+
+from borealis import augmentations as A
+from borealis import checkpointing
+from borealis.checkpointing import AtomicCheckpointIO, Checkpoint
+from borealis.cli import BorealisCLI
+from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, ResumableLoader, keeps_length
+from borealis.module import BorealisLightningModule
+from borealis.prompts import PromptBuilder
+
+# ---------------------------------------------------------------------------- end to end
+CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  precision: 32-true
+  max_epochs: 2
+  accumulate_grad_batches: 3      # 7 batches per epoch: steps after batches 3, 6 and 7
+  gradient_clip_val: 1.0
+  log_every_n_steps: 1
+  limit_val_batches: 0
+  num_sanity_val_steps: 0
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: false
+  default_root_dir: runs
+  callbacks:
+    - class_path: borealis.callbacks.SampleLog
+      init_args: {path: samples.jsonl}
+checkpoint: {dirpath: runs/checkpoints, every_n_train_steps: 1}
+model:
+  lora: {r: 4, alpha: 8, dropout: 0.2, target_modules: [q_proj, v_proj]}  # dropout: the torch RNG matters
+  learning_rate: 3.0e-3
+  warmup_steps: 2
+  max_new_tokens: 4
+data:
+  train_pools: [{name: a, shards: train}]
+  text_pool: text
+  text_ratio: 0.2
+  batching: {batch_size: 3, bucket_size: 6}
+  batches_per_epoch: 7
+  shuffle_buffer: 8
+  max_seconds: 2.0
+  num_workers: 2
+  seed: 5
+  augmentation:                   # resumed mid-epoch 1: its stage must reach the new workers
+    stages:
+      - name: gain                # length-preserving: augmented only when a batch is built
+        effects: [{class_path: borealis.augmentations.Gain, init_args: {p: 0.5}}]
+        spec_augment: {freq_masks: 1, freq_width: 8, time_masks: 1, time_width: 10}
+      - name: speed               # changes lengths: augmented while batches are composed, replayed too
+        start_epoch: 1
+        effects:
+          - {class_path: borealis.augmentations.Speed, init_args: {factor: [0.9, 1.1], p: 0.5}}
+          - {class_path: borealis.augmentations.Gain, init_args: {p: 0.5}}
+        spec_augment: {freq_masks: 2, freq_width: 8, time_masks: 1, time_width: 20}
+"""
+
+# Parks the run at the first batch of optimizer step 4 (epoch 1, after 3 of its 7 batches: the
+# resumed loader's workers swap roles), right after step 4's checkpoint, until it is killed.
+PARK = """
+import time
+from pathlib import Path
+import lightning as L
+
+class Park(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 4:
+            Path("parked").write_text(str(trainer.current_epoch))
+            time.sleep(600)
+"""
+
+
+def _borealis(args, cwd, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "borealis.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _finish(proc):
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _run_dir(root, tiny_parts, name):
+    enc, llm = tiny_parts
+    run = root / name
+    run.mkdir()
+    (run / "config.yaml").write_text(CONFIG)
+    for sub in ("train", "text"):
+        (run / sub).symlink_to(root / sub)
+    return run, ["fit", "--config", "config.yaml", "--model.encoder", str(enc), "--model.llm", str(llm)]
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "runs" / "samples.jsonl").read_text().splitlines()]
+
+
+def _last(run):
+    return torch.load(run / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_killed_run_resumes_exactly(tmp_path, tiny_parts):
+    make_pool(tmp_path / "train", "a", range(40), max_samples=6)
+    make_pool(tmp_path / "text", "t", range(12), text_only=True)
+
+    ref, args = _run_dir(tmp_path, tiny_parts, "ref")
+    _finish(_borealis(args, ref))
+
+    run, args = _run_dir(tmp_path, tiny_parts, "killed")
+    (run / "park.py").write_text(PARK)
+    proc = _borealis([*args, "--trainer.callbacks+", "park.Park"], run, {"PYTHONPATH": str(run)})
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "parked").exists():
+            assert proc.poll() is None, proc.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "the run never reached step 4"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the run and its DataLoader workers, as a node failure would
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _last(run)
+    assert killed_at["global_step"] == 4 and killed_at["epoch"] == 1
+    assert killed_at["BorealisDataModule"]["train_stream"]["consumed"] == 3
+
+    out = _finish(_borealis([*args, "--ckpt_path", "last"], run))
+    assert "resuming the training stream exactly: epoch 1 after 3 of its 7 batches" in out, out[-6000:]
+
+    want, got = _rows(ref), _rows(run)
+    assert [r["step"] for r in want] == [s for s in range(6) for _ in range(3 if s % 3 < 2 else 1)]
+    assert got == want, "the resumed run trained on other batches than the uninterrupted one"
+
+    a, b = _last(ref), _last(run)
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert b["hyper_parameters"]["lora"]["r"] == 4  # plain types: read with weights_only=True above
+    assert not list((run / "runs" / "checkpoints").glob(".ckpt-*")), "a temp file was left behind"
+
+
+# ---------------------------------------------------------------------------- the stream's position
+@pytest.fixture(scope="module")
+def prompts():
+    return PromptBuilder(build_tokenizer(), downsample_factor=4, max_source_positions=100)
+
+
+def _stream(root, prompts, stages):
+    return MixtureStream([Pool("a", str(root / "a"))], prompts, Batching(max_seconds_per_batch=1.5, bucket_size=9),
+                         batches_per_epoch=11, shuffle_buffer=5, seed=3,
+                         augmentation=A.AugmentationPipeline([A.AugmentationStage("s", effects=stages)]))
+
+
+def _batches(loader):
+    return [(b["keys"], b["waveforms"]) for b in loader]
+
+
+@pytest.mark.parametrize("stages", [[A.Gain(p=0.5)], [A.Speed(p=0.5), A.Gain(p=0.5)]], ids=["gain", "speed"])
+def test_stream_resumes_at_any_batch(tmp_path, prompts, stages):
+    """Token-budget batches from 3 workers: the rest of the epoch after any consumed count is the
+    uninterrupted run's, waveforms included, and the next epoch starts at its first batch."""
+    make_pool(tmp_path / "a", "a", range(60), max_samples=7)
+    full = _batches(ResumableLoader(_stream(tmp_path, prompts, stages), batch_size=None, num_workers=3))
+    assert len(full) == 11
+    for consumed in (1, 5, 11):
+        stream = _stream(tmp_path, prompts, stages)
+        loader = ResumableLoader(stream, batch_size=None, num_workers=3)
+        state = {**loader.state_dict(), "consumed": consumed, "end_of_epoch": False}
+        loader.load_state_dict(state)
+        rest = _batches(loader)
+        assert [k for k, _ in rest] == [k for k, _ in full[consumed:]]
+        for (_, got), (_, want) in zip(rest, full[consumed:]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert loader.state_dict()["consumed"] == 11 and loader.state_dict()["end_of_epoch"]
+        stream.set_epoch(1)
+        assert len(_batches(loader)) == 11 and loader.position == (1, 11)
+
+
+def test_other_topology_ends_the_epoch_and_says_so(tmp_path, prompts, caplog):
+    make_pool(tmp_path / "a", "a", range(60), max_samples=7)
+    stream = _stream(tmp_path, prompts, [])
+    loader = ResumableLoader(stream, batch_size=None, num_workers=2)
+    state = {**loader.state_dict(), "consumed": 4, "end_of_epoch": False, "workers": 3}
+    with caplog.at_level(logging.WARNING):
+        loader.load_state_dict(state)
+    assert "resume is approximate" in caplog.text and "last 7 batches per rank are dropped" in caplog.text
+    assert _batches(loader) == []  # no batch of the interrupted epoch comes twice
+    stream.set_epoch(1)
+    assert len(_batches(loader)) == 11
+    loader.load_state_dict({**loader.state_dict(), "end_of_epoch": True})  # saved at an epoch's last batch
+    assert int(stream.epoch.item()) == 2 and loader.position == (2, 0)
+
+
+def test_length_preserving_effects(tmp_path):
+    make_pool(tmp_path / "noise", "n", range(3))
+    pool = str(tmp_path / "noise")
+    effects = [A.BackgroundNoise(pool), A.ImpulseResponse(pool), A.Equalizer(), A.Gain(), A.BandPass(),
+               A.ResampleRoundTrip(), A.Telephony(), A.Codec(), A.Clipping(), A.PitchShift()]
+    clip = (np.random.default_rng(0).standard_normal(12345) * 0.1).astype(np.float32)
+    for effect in effects:
+        assert len(effect.apply(clip, np.random.default_rng(1), 48000)) == len(clip), type(effect).__name__
+    assert keeps_length(A.AugmentationStage("all", effects=effects))
+    assert not keeps_length(A.AugmentationStage("speed", effects=[A.Gain(), A.Speed()]))
+
+
+# ---------------------------------------------------------------------------- non-finite steps
+class Poison(L.Callback):
+    """NaN waveforms in the chosen batches; records the trainable weights around every step."""
+
+    def __init__(self, batches):
+        self.batches, self.changed, self.keys = set(batches), {}, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx in self.batches:
+            batch["waveforms"][:] = float("nan")
+            self.keys[batch_idx] = list(batch["keys"])
+        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        self.steps_before = self._adam_steps(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        after = {n: p.detach() for n, p in pl_module.named_parameters() if p.requires_grad}
+        self.changed[batch_idx] = (any(not torch.equal(after[n], self.before[n]) for n in after),
+                                   self._adam_steps(trainer) != self.steps_before)
+
+    @staticmethod
+    def _adam_steps(trainer):
+        opt = trainer.optimizers[0]
+        return [float(opt.state[p]["step"]) if "step" in opt.state[p] else None
+                for g in opt.param_groups for p in g["params"]]
+
+
+def _fit_with_poison(tmp_path, tiny_parts, batches, **model_kw):
+    enc, llm = tiny_parts
+    make_pool(tmp_path / "a", "a", range(30), max_samples=6)
+    torch.manual_seed(0)
+    from borealis.modeling import LoraSettings
+
+    module = BorealisLightningModule(str(enc), str(llm), lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                                     learning_rate=1e-2, warmup_steps=0, **model_kw)
+    dm = BorealisDataModule(train_pools=[Pool("a", str(tmp_path / "a"))], batching=Batching(batch_size=2),
+                            batches_per_epoch=6, shuffle_buffer=4, num_workers=0, max_seconds=2.0,
+                            prompt_builder=module.prompt_builder)
+    poison = Poison(batches)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                        callbacks=[poison])
+    return module, trainer, dm, poison
+
+
+def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path, tiny_parts, caplog):
+    module, trainer, dm, poison = _fit_with_poison(tmp_path, tiny_parts, [2])
+    with caplog.at_level(logging.WARNING, logger="borealis.module"):
+        trainer.fit(module, datamodule=dm)
+    assert poison.changed[2] == (False, False), "the poisoned step changed weights or AdamW state"
+    assert all(poison.changed[i] == (True, True) for i in (0, 1, 3, 4, 5))
+    assert module._skipped_total == 1 and trainer.callback_metrics["train/skipped_steps"] == 1
+    assert trainer.global_step == 6  # the skipped step still counts, and moves the LR schedule
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 6
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert "optimizer step 2 skipped" in caplog.text and all(k in caplog.text for k in poison.keys[2])
+
+
+def test_too_many_skips_stop_the_run_naming_the_keys(tmp_path, tiny_parts):
+    module, trainer, dm, poison = _fit_with_poison(tmp_path, tiny_parts, [1, 2, 4], max_skipped_steps=2,
+                                                   skipped_steps_window=10)
+    with pytest.raises(RuntimeError, match=r"3 of the last 10 optimizer steps .*max_skipped_steps=2") as err:
+        trainer.fit(module, datamodule=dm)
+    assert all(k in str(err.value) for i in (1, 2, 4) for k in poison.keys[i])
+    assert 5 not in poison.changed  # stopped at the third skip
+
+
+class RankPoison(L.Callback):
+    """NaN waveforms in batch `batch` of rank `rank`, for each (rank, batch); the keys go to a file."""
+
+    def __init__(self, out, where):
+        self.out, self.where = out, set(where)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.global_rank, batch_idx) in self.where:
+            batch["waveforms"][:] = float("nan")
+            with open(f"{self.out}/poisoned.rank{trainer.global_rank}", "a") as f:
+                f.write(" ".join(batch["keys"]) + "\n")
+
+
+def test_ranks_skip_together_and_the_abort_names_every_ranks_keys(tmp_path, tiny_parts):
+    """Two CPU ranks (DDP over gloo): one decision for both, checkpoints hold both ranks' RNG."""
+    module, _, dm, _ = _fit_with_poison(tmp_path, tiny_parts, [], max_skipped_steps=1)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path,
+                        callbacks=[RankPoison(str(tmp_path), [(0, 1), (1, 3)]),
+                                   Checkpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1)])
+    with pytest.raises(Exception, match=r"2 of the last 100 optimizer steps") as err:
+        trainer.fit(module, datamodule=dm)
+    poisoned = [(tmp_path / f"poisoned.rank{r}").read_text().split() for r in (0, 1)]
+    assert all(k in str(err.value) for keys in poisoned for k in keys)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["borealis"]["skipped_steps"] == 1
+    assert len(ckpt["borealis"]["rng"]) == 2
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+
+    def crash(checkpoint, f):  # half a checkpoint reaches the disk, then the writer dies
+        torch.save(checkpoint, f)
+        f.truncate(f.tell() // 2)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpointing, "_write", crash)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    again = io.load_checkpoint(path)
+    assert again["global_step"] == 1 and torch.equal(again["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_last_link_is_replaced_atomically(tmp_path):
+    class Trainer:
+        is_global_zero = True
+        strategy = type("S", (), {"barrier": staticmethod(lambda *a: None)})()
+
+    for name in ("a.ckpt", "b.ckpt"):
+        torch.save({"name": name}, tmp_path / name)
+    (tmp_path / "last.ckpt").write_bytes(b"an old regular file")
+    for name in ("a.ckpt", "b.ckpt"):
+        Checkpoint._link_checkpoint(Trainer(), str(tmp_path / name), str(tmp_path / "last.ckpt"))
+        assert torch.load(tmp_path / "last.ckpt", weights_only=True)["name"] == name
+    assert os.readlink(tmp_path / "last.ckpt") == "b.ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "last.ckpt"]
+
+
+def test_last_checkpoint_holds_the_final_step(tmp_path, tiny_parts):
+    module, _, dm, _ = _fit_with_poison(tmp_path, tiny_parts, [])
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                        callbacks=[Checkpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=4)])
+    trainer.fit(module, datamodule=dm)
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6  # not 4
+
+
+def test_time_triggered_saves_wait_for_an_optimizer_step(monkeypatch):
+    calls = []
+    monkeypatch.setattr(L.pytorch.callbacks.ModelCheckpoint, "on_train_batch_end",
+                        lambda self, trainer, *a: calls.append(trainer.global_step))
+    trainer = type("T", (), {"global_step": 0})()
+    cb = Checkpoint(train_time_interval=timedelta(0))
+    cb._step_seen = 0
+    for step in (0, 0, 1, 1, 1, 2):  # accumulate_grad_batches 3 after a first step of 2 batches
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, None, None, None, 0)
+    assert calls == [1, 2]
+
+
+# ---------------------------------------------------------------------------- config and data faults
+def _cli(args, *, run=True):
+    return BorealisCLI(BorealisLightningModule, BorealisDataModule, args=args, run=run, save_config_callback=None,
+                       auto_configure_optimizers=False)
+
+
+def _base(tiny_parts):
+    enc, llm = tiny_parts
+    return ["--model.encoder", str(enc), "--model.llm", str(llm), "--trainer.accelerator", "cpu",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.mark.parametrize("bad, key", [(["--data.batches_per_epoch", "many"], "batches_per_epoch"),
+                                      (["--checkpoint.save_every", "5"], "save_every"),
+                                      (["--model.adapter", "wide"], "adapter")])
+def test_bad_options_fail_naming_the_key(tiny_parts, capsys, bad, key):
+    with pytest.raises(SystemExit):
+        _cli(["fit", *_base(tiny_parts), *bad])
+    assert key in capsys.readouterr().err
+
+
+def test_missing_data_fails_before_weights_load(tmp_path, tiny_parts, monkeypatch):
+    from borealis.modeling import BorealisForConditionalGeneration
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights were loaded before the data was checked")
+
+    monkeypatch.setattr(BorealisForConditionalGeneration, "from_parts", no_weights)
+    make_pool(tmp_path / "a", "a", range(4))
+    pools = json.dumps([{"name": "a", "shards": str(tmp_path / "a")}, {"name": "b", "shards": str(tmp_path / "b*")}])
+    with pytest.raises(FileNotFoundError) as err:
+        _cli(["fit", *_base(tiny_parts), "--data.train_pools", pools,
+              "--data.val_sets", json.dumps({"bench": str(tmp_path / "nowhere")})])
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert f"data.train_pools[1] ('b'): no shards match '{tmp_path / 'b*'}'" in message
+    assert "data.val_sets.bench" in message and str(tmp_path / "nowhere") in message
+    with pytest.raises(ValueError, match=r"data.val_sets: empty: `validate` scores benchmarks"):
+        _cli(["validate", *_base(tiny_parts)])
+
+
+def test_given_model_options_win_over_the_checkpoint(tmp_path, tiny_parts, monkeypatch, caplog):
+    enc, llm = tiny_parts
+    stored = BorealisLightningModule(str(enc), str(llm), report_dir="stored", max_new_tokens=7,
+                                     lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]})
+    torch.save({"hyper_parameters": dict(stored.hparams)}, tmp_path / "p.ckpt")
+    monkeypatch.setattr(BorealisCLI, "_run_subcommand", lambda self, sub: None)
+    with caplog.at_level(logging.WARNING, logger="borealis.cli"):
+        cli = _cli(["predict", *_base(tiny_parts), "--ckpt_path", str(tmp_path / "p.ckpt"),
+                    "--model.report_dir", "given"])
+    hp = cli.model.hparams
+    assert hp.report_dir == "given"  # given on the command line: wins
+    assert hp.max_new_tokens == 7 and hp.lora == {"r": 4, "alpha": 8, "dropout": 0.0,  # not given: the
+                                                  "target_modules": ["q_proj"]}       # checkpoint's
+    assert "report_dir: checkpoint 'stored', given 'given'" in caplog.text
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_help_documents_checkpoint_options(capsys):
+    with pytest.raises(SystemExit):
+        _cli(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "--checkpoint.every_n_train_steps" in out and "--checkpoint.train_time_interval" in out
+    assert "--model.max_skipped_steps" in out
