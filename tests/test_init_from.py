@@ -78,3 +78,21 @@ def test_base_without_lora_leaves_lora_fresh(tiny_parts, tmp_path):
     model = _model(tiny_parts, seed=5)
     report = load_init_weights(model, tmp_path / "merged.pt")
     assert report["fresh_lora"] > 0 and report["loaded"] == len(state) - ("llm.lm_head.weight" in state)  # tied
+
+
+def test_module_init_from_option(tiny_parts, tmp_path):
+    """`--model.init_from` reaches configure_model: the module's model starts from those weights."""
+    from borealis.module import BorealisLightningModule
+
+    source = _trained(tiny_parts)
+    names = set(source.trainable_parameter_names())
+    torch.save({k: v for k, v in source.state_dict().items() if k in names}, tmp_path / "pretrain.pt")
+    enc, llm = tiny_parts
+    module = BorealisLightningModule(encoder=str(enc), llm=str(llm), lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                                     init_from=str(tmp_path / "pretrain.pt"))
+    module.configure_model()
+    got = module.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in source.state_dict().items() if k in names)
+    bad = BorealisLightningModule(encoder=str(enc), llm=str(llm), lora=None, init_from=str(tmp_path / "pretrain.pt"))
+    with pytest.raises(ValueError, match="unexpected key"):  # LoRA factors into a model without LoRA
+        bad.configure_model()
