@@ -440,6 +440,31 @@ class Speed(Effect):
         return soxr.resample(audio, SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32)
 
 
+class Delay(Effect):
+    """Start later: prepend a drawn stretch of silence (the clip gets longer by it).
+
+    Corpora cut clips at the speech onset (espeak, forced alignment), so a model trained on
+    them learns where speech starts in the window; at inference a segmenter or a recording
+    starts it anywhere. Drawn delays teach it not to care. With `max_samples`, the delay
+    shrinks so the clip still fits.
+
+    Args:
+        seconds: delay range in seconds.
+        p: probability of applying.
+    """
+
+    def __init__(self, seconds: Range = (0.0, 0.25), p: float = 0.5) -> None:
+        super().__init__(p)
+        self.seconds = _check_range("seconds", seconds, 0.0, 30.0)
+
+    def apply(self, audio, rng, max_samples=None):
+        pad = round(float(rng.uniform(*self.seconds)) * SAMPLE_RATE)
+        if max_samples:
+            pad = max(0, min(pad, max_samples - len(audio)))
+        self.last = {"seconds": pad / SAMPLE_RATE}
+        return np.concatenate([np.zeros(pad, np.float32), audio.astype(np.float32, copy=False)])
+
+
 class SpecAugment:
     """Frequency and time masks on a batch of log-mels, on the device (Park et al., 2019).
 

@@ -12,7 +12,7 @@ Training streams (`MixtureStream`, an IterableDataset):
   * clips pass through the active stage of the augmentation curriculum
     (`augmentations.AugmentationPipeline`, switched by `callbacks.AugmentationScheduler`)
     after the duration filter: before tokenisation when the stage changes clip lengths
-    (`Speed`), so the changes are counted, else when the batch is built (`keeps_length`);
+    (`Speed`, `Delay`), so the changes are counted, else when the batch is built (`keeps_length`);
   * damaged data is skipped, not fatal: a sample that does not decode or whose metadata
     cannot be trained on (`sample_problem`), a truncated tar, a shard that cannot be opened.
     Each is warned about by name and counted (`shards.ReadErrors`); every batch carries the

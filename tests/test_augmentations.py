@@ -462,3 +462,19 @@ def test_harsh_stage_is_a_pure_function_of_the_generator(pools):
 def test_bad_settings_raise_naming_the_problem(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_delay_prepends_silence_and_fits_the_window():
+    from borealis.augmentations import Delay
+
+    effect = Delay(seconds=(0.1, 0.2), p=1.0)
+    audio = np.full(8000, 0.5, np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        out = effect.apply(audio, rng)
+        pad = round(effect.last["seconds"] * 16_000)
+        assert 1600 <= pad <= 3200 and out.size == audio.size + pad and out.dtype == np.float32
+        assert not out[:pad].any() and np.array_equal(out[pad:], audio)  # the clip itself is untouched
+    out = effect.apply(audio, rng, max_samples=9000)
+    assert out.size == 9000 and effect.last["seconds"] == 1000 / 16_000  # shrunk to fit the window
+    assert effect.apply(audio, rng, max_samples=8000).size == 8000  # no room: no delay
