@@ -46,6 +46,14 @@ def _decode(raw: bytes, where: dict) -> str | Rejected:
                                     f"the file as UTF-8)")
 
 
+def _text_lines(f, name: str, start: int = 1) -> Iterator[tuple[dict, str | Rejected]]:
+    """(where, decoded line or a non_utf8 Rejected) for the non-blank lines of binary file `f`."""
+    for number, raw in enumerate(f, start=start):
+        if raw.strip():
+            where = {"file": name, "line": number}
+            yield where, _decode(raw, where)
+
+
 def jsonl_items(path: str | Path) -> Iterator[Item]:
     """The lines of a JSONL file as raw bytes (parsed, and checked for UTF-8, by `ingest`).
 
@@ -70,11 +78,7 @@ def librispeech_items(root: str | Path, *, language: str | None = "en", source: 
     for trans in sorted(root.rglob("*.trans.txt")):
         rel = trans.relative_to(root).as_posix()
         with open(trans, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                where = {"file": rel, "line": number}
-                if not raw.strip():
-                    continue
-                line = _decode(raw, where)
+            for where, line in _text_lines(f, rel):
                 if isinstance(line, Rejected):
                     yield Item(where, line)
                     continue
@@ -111,18 +115,14 @@ def commonvoice_items(root: str | Path, tsv: str = "train.tsv", *, source: str |
         missing = {"path", "sentence"} - set(header)
         if missing:
             raise ValueError(f"{path}: header lacks {sorted(missing)} (has {header}); is it a Common Voice TSV?")
-        for number, raw in enumerate(f, start=2):
-            where = {"file": tsv, "line": number}
-            if not raw.strip():
-                continue
-            line = _decode(raw, where)
+        for where, line in _text_lines(f, tsv, start=2):
             if isinstance(line, Rejected):
                 yield Item(where, line)
                 continue
             values = next(csv.reader(io.StringIO(line.rstrip("\r\n")), delimiter="\t", quoting=csv.QUOTE_NONE))
             if len(values) != len(header):
-                yield Item(where, Rejected("bad_field", f"{tsv}:{number} has {len(values)} fields, the header "
-                                                        f"{len(header)}"))
+                yield Item(where, Rejected("bad_field", f"{tsv}:{where['line']} has {len(values)} fields, the "
+                                                        f"header {len(header)}"))
                 continue
             row = dict(zip(header, values))
             item: dict[str, Any] = {"key": Path(row["path"]).stem, "audio": f"clips/{row['path']}",

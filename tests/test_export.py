@@ -336,3 +336,29 @@ def test_bad_inputs_fail_clearly(trained, parts, tmp_path, capsys):
     with pytest.raises(ValueError, match="--keep-adapter is for --format hf"):
         export(ckpt, tmp_path / "a", format="voxtral", keep_adapter=True)
     assert not (tmp_path / "a").exists()
+
+
+def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_path):
+    """`borealis predict --data.predict_files` on the clips, from the same checkpoint, writes the
+    text the seed's snippet decodes (the snippet's ids equal in-repo `generate`, above)."""
+    import soundfile as sf
+
+    ckpt, model = trained
+    enc, llm = parts
+    clips = _clips()[:2]  # both inside the 2 s window: one window each
+    files = []
+    for i, clip in enumerate(clips):
+        files.append(str(tmp_path / f"clip{i}.wav"))
+        sf.write(files[-1], clip.numpy(), SR, subtype="FLOAT")  # float WAV: the exact samples
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "borealis.cli", "predict", "--ckpt_path", str(ckpt),
+           "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", str(MAX_NEW),
+           "--model.report_dir", str(tmp_path / "out"), "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+           "--data.num_workers", "0", "--data.predict_prompt", PROMPT, "--data.predict_files", json.dumps(files)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.rank0.jsonl").read_text().splitlines()]
+    want = model.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
+    assert [r["file"] for r in rows] == files
+    assert [r["prediction"] for r in rows] == [model.decode(w).strip() for w in want]
+    assert all(len(r["windows"]) == 1 for r in rows)
