@@ -62,7 +62,10 @@ def _train(tmp_path, parts, lora=LORA, **module_kwargs):
         for name, p in module.model.named_parameters():
             if p.requires_grad:  # "training": LoRA B leaves 0; the adapter moves enough that the audio matters
                 p.add_(torch.randn(p.shape, generator=g) * (0.5 if name.startswith("adapter.") else 0.1))
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    import lightning
+
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}  # as Lightning writes it
     module.on_save_checkpoint(checkpoint)  # keeps the trainable weights only, as every real checkpoint
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)
