@@ -50,6 +50,17 @@ class BorealisCLI(LightningCLI):
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_lightning_class_args(AugmentationScheduler, "augmentation_scheduler")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.add_argument("--save_every_n_steps", type=int | None, default=None,
+                            help="shortcut that overrides --checkpoint.every_n_train_steps: save (and keep last.ckpt) "
+                                 "every N optimizer steps; the time-based option is --checkpoint.train_time_interval")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        steps = config.get("save_every_n_steps")
+        if steps is not None:
+            if steps < 1:
+                raise ValueError(f"--save_every_n_steps must be >= 1, got {steps}")
+            config["checkpoint"]["every_n_train_steps"] = steps
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's checkpoint-hparams merge, with the user's explicit model options on top.

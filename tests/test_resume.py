@@ -447,3 +447,18 @@ def test_help_documents_checkpoint_options(capsys):
     out = capsys.readouterr().out
     assert "--checkpoint.every_n_train_steps" in out and "--checkpoint.train_time_interval" in out
     assert "--model.max_skipped_steps" in out
+
+
+def test_save_every_n_steps_shortcut(tiny_parts):
+    from borealis.checkpointing import Checkpoint
+    from borealis.cli import BorealisCLI
+    from borealis.data import BorealisDataModule
+    from borealis.module import BorealisLightningModule
+
+    enc, llm = tiny_parts
+    cli = BorealisCLI(BorealisLightningModule, BorealisDataModule, run=False, save_config_callback=None,
+                      auto_configure_optimizers=False,
+                      args=["--model.encoder", str(enc), "--model.llm", str(llm), "--trainer.accelerator", "cpu",
+                            "--trainer.logger", "false", "--save_every_n_steps", "7"])
+    (ckpt,) = [c for c in cli.trainer.callbacks if isinstance(c, Checkpoint)]
+    assert ckpt._every_n_train_steps == 7
