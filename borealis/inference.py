@@ -292,12 +292,15 @@ class WindowSet(Dataset):
     def file_rows(self, texts: dict[tuple[int, int], str]) -> list[dict]:
         """One output row per file, in input order: the merged prediction and every window's
         timing and text, or the file's error. `texts`: (file, window) -> generated text."""
+        by_file: dict[int, list[Window]] = {}
+        for w in self.windows:  # in file order, then window order (as built)
+            by_file.setdefault(w.file, []).append(w)
         rows = []
         for i, f in enumerate(self.files):
             if i in self.errors:
                 rows.append({"file": f, "error": self.errors[i].reason, "detail": self.errors[i].detail})
                 continue
-            wins = [w for w in self.windows if w.file == i]
+            wins = by_file[i]
             pieces, timing = [], []
             for k, w in enumerate(wins):
                 share = (w.end - wins[k + 1].start) / (w.end - w.start) if k + 1 < len(wins) else 0.0

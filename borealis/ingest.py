@@ -43,7 +43,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from borealis.prompts import AUDIO_PLACEHOLDER
-from borealis.shards import SAMPLE_RATE, ShardWriter, encode_flac, validate_key
+from borealis.shards import ShardWriter, encode_flac, validate_key
 
 log = logging.getLogger(__name__)
 

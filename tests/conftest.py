@@ -38,6 +38,22 @@ def build_tokenizer(texts=TINY_TEXT):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
+def run_cli(*args: str, cwd, pythonpath: str | None = None, timeout: int = 600):
+    """`python -m borealis.cli ARGS` in a subprocess, offline and on the CPU; asserts exit 0
+    (showing the end of stderr) and returns the CompletedProcess. `pythonpath` is prepended
+    to PYTHONPATH (e.g. tests/, for callbacks defined in a test module)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "borealis.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 def tiny_whisper_config(max_source_positions: int = 100):
     from transformers import WhisperConfig
 

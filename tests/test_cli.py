@@ -1,14 +1,11 @@
 """The `borealis` CLI: every shipped config parses, and fit -> validate runs end to end."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_pool
+from conftest import make_pool, run_cli
 
 from borealis.cli import BorealisCLI
 from borealis.data import BorealisDataModule
@@ -60,14 +57,6 @@ def test_unknown_key_fails_before_loading(tmp_path, tiny_parts):
                     save_config_callback=None, auto_configure_optimizers=False)
 
 
-def _run(*args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-m", "borealis.cli", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
-
-
 def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(40), max_samples=10)
@@ -85,7 +74,7 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
               "--data.predict_sets", json.dumps({"bench": str(tmp_path / "bench")}),
               "--data.batching", json.dumps({"batch_size": 4, "max_seconds_per_batch": None}), "--data.batches_per_epoch", "3",
               "--data.max_seconds", "2.0", "--data.num_workers", "1"]
-    _run("fit", *common, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", cwd=tmp_path)
+    run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", cwd=tmp_path)
     ckpt = runs / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert state and all(k.startswith("model.") for k in state)
@@ -101,14 +90,14 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
             "train/augment_stage"} <= tags
     assert all(e.value > 0 for e in acc.Scalars("train/tokens_per_sec"))
 
-    out = _run("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
+    out = run_cli("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
     report = json.loads((runs / "report" / "wer.json").read_text())
     assert report["benchmarks"]["bench"]["samples"] == 9
     assert report["benchmarks"]["bench"]["words"] > 0
     assert report["checkpoint"] == "last.ckpt"
     assert "Avg" in out.stdout + out.stderr
 
-    _run("predict", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
+    run_cli("predict", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
     rows = [json.loads(line) for line in (runs / "report" / "predictions.rank0.jsonl").read_text().splitlines()]
     assert sorted(r["key"] for r in rows) == sorted(f"v-{i}" for i in range(9))
     assert all("prediction" in r and "reference" in r for r in rows)

@@ -9,14 +9,11 @@ and `borealis validate` on 2 ranks gives the single-process WER (every sample sc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import torch
-from conftest import make_pool
+from conftest import make_pool, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,13 +31,8 @@ class DumpRankWeights(L.Callback):
                    Path(self.folder) / f"rank{trainer.global_rank}.pt")
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "borealis.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+def _run(args: list[str], cwd: Path):
+    return run_cli(*args, cwd=cwd, pythonpath=str(REPO / "tests"))  # DumpRankWeights lives here
 
 
 def test_ddp_on_two_cpu_ranks(tmp_path, tiny_parts):

@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from borealis.export import export, load_checkpoint, voxtral_problems
 from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
-from conftest import build_tokenizer, load_tool, tiny_qwen3_config, tiny_whisper_config
+from conftest import build_tokenizer, load_tool, run_cli, tiny_qwen3_config, tiny_whisper_config
 
 SR = 16000
 PROMPT = "What is this audio about? <|start_of_audio|><|end_of_audio|>"
@@ -353,13 +353,10 @@ def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_p
     for i, clip in enumerate(clips):
         files.append(str(tmp_path / f"clip{i}.wav"))
         sf.write(files[-1], clip.numpy(), SR, subtype="FLOAT")  # float WAV: the exact samples
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "borealis.cli", "predict", "--ckpt_path", str(ckpt),
-           "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", str(MAX_NEW),
-           "--model.report_dir", str(tmp_path / "out"), "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-           "--data.num_workers", "0", "--data.predict_prompt", PROMPT, "--data.predict_files", json.dumps(files)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli("predict", "--ckpt_path", str(ckpt), "--model.encoder", str(enc), "--model.llm", str(llm),
+            "--model.max_new_tokens", str(MAX_NEW), "--model.report_dir", str(tmp_path / "out"),
+            "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--data.num_workers", "0",
+            "--data.predict_prompt", PROMPT, "--data.predict_files", json.dumps(files), cwd=tmp_path, timeout=300)
     rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.rank0.jsonl").read_text().splitlines()]
     want = model.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
     assert [r["file"] for r in rows] == files

@@ -96,10 +96,9 @@ def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     windows covering it, and each bad file (missing, undecodable, silent, 0.1 s) an error line
     while the others complete."""
     import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from conftest import run_cli
 
     enc, llm = tiny_parts
     window = json.loads((Path(enc) / "config.json").read_text())["max_source_positions"] * 2 / 100  # seconds
@@ -115,14 +114,11 @@ def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     files = [str(audio / "long.flac"), str(audio / "short.wav"), str(audio / "missing.wav"),
              str(audio / "stereo.ogg"), str(audio / "silent.wav"), str(audio / "tiny.wav"), str(audio / "broken.mp3")]
     out_dir = tmp_path / "out"
-    cmd = [sys.executable, "-m", "borealis.cli", "predict", "--config",
-           str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--model.encoder", str(enc),
-           "--model.llm", str(llm), "--model.max_new_tokens", "3", "--model.report_dir", str(out_dir),
-           "--data.predict_sets", "{}", "--data.val_sets", "{}", "--data.num_workers", "0",
-           "--data.predict_min_pause", "null", "--data.predict_files", json.dumps(files)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("predict", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+                   "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "3",
+                   "--model.report_dir", str(out_dir), "--data.predict_sets", "{}", "--data.val_sets", "{}",
+                   "--data.num_workers", "0", "--data.predict_min_pause", "null",
+                   "--data.predict_files", json.dumps(files), cwd=tmp_path)
     rows = [json.loads(x) for x in (out_dir / "predictions.rank0.jsonl").read_text().splitlines()]
     assert [r["file"] for r in rows] == files
     errors = {Path(r["file"]).name: r["error"] for r in rows if "error" in r}

@@ -56,7 +56,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout, without `
 from borealis.corpora import (AUDIO_SUFFIXES, commonvoice_items, folder_items, hf_items,  # noqa: E402
                               jsonl_items, librispeech_items, list_audio_files)
 from borealis.ingest import (CLIP_KINDS, REPORT_NAME, audio_key, build_pool, chat_key,  # noqa: E402,F401
-                             split_of, summary_line)
+                             summary_line)
 
 log = logging.getLogger("build_shards")
 
