@@ -59,7 +59,6 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,6 +70,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout, without `
     sys.path.insert(0, str(REPO_ROOT))
 
 from borealis.features import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
+from borealis.flops import matmul_params, step_flops  # noqa: E402
 from borealis.modeling import BorealisConfig, BorealisForConditionalGeneration, LoraSettings  # noqa: E402
 from borealis.paper import (N_AUDIO_TOKENS_ADDED, QWEN3_TOKENIZER_VOCAB, qwen3_4b_config,  # noqa: E402
                             whisper_large_v3_config)
@@ -141,108 +141,6 @@ def tiny_config(trim_audio_tokens: bool) -> BorealisConfig:
         lora=asdict(lora), audio_token_id=vocab, audio_start_id=vocab + 1, audio_end_id=vocab + 2)
 
 
-# ---------------------------------------------------------------------- FLOPs
-def _projection_shapes(llm) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each projection of one Qwen3-style decoder layer."""
-    h, inter = llm.hidden_size, llm.intermediate_size
-    head_dim = getattr(llm, "head_dim", None) or h // llm.num_attention_heads
-    q, kv = llm.num_attention_heads * head_dim, llm.num_key_value_heads * head_dim
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
-
-
-def matmul_params(config: BorealisConfig) -> dict[str, int]:
-    """Weights that take part in matmuls, by part (norms, biases and embeddings left out).
-
-    encoder: conv1 3*M*D + conv2 3*D*D + layers * (4*D^2 + 2*D*F), Whisper's D, F, M mel bins.
-    adapter_in / adapter_out: k*D*H and H*H, the simple adapter's two bias-free linears.
-    llm_linear: layers * the 7 projections; lora: layers * sum over targets of r * (in + out);
-    lm_head: V * H (tied to the input embeddings in Qwen3-4B).
-    """
-    enc, llm = config.encoder_config, config.llm_config
-    if config.adapter != "simple":
-        raise ValueError(f"step_flops models adapter='simple' only, got adapter={config.adapter!r}")
-    d, f, m = enc.d_model, enc.encoder_ffn_dim, enc.num_mel_bins
-    shapes = _projection_shapes(llm)
-    lora = 0
-    if config.lora:
-        unknown = sorted(set(config.lora["target_modules"]) - set(shapes))
-        if unknown:
-            raise ValueError(f"lora target_modules {unknown} are not among {sorted(shapes)}")
-        lora = llm.num_hidden_layers * sum(config.lora["r"] * sum(shapes[t]) for t in config.lora["target_modules"])
-    h = llm.hidden_size
-    return {
-        "encoder": 3 * m * d + 3 * d * d + enc.encoder_layers * (4 * d * d + 2 * d * f),
-        "adapter_in": config.downsample_factor * d * h,
-        "adapter_out": h * h,
-        "llm_linear": llm.num_hidden_layers * sum(i * o for i, o in shapes.values()),
-        "lora": lora,
-        "lm_head": llm.vocab_size * h,
-    }
-
-
-@dataclass
-class StepFlops:
-    """FLOPs of one training step, by part (multiply-add = 2 FLOPs)."""
-
-    encoder: int
-    adapter: int
-    llm_linear: int
-    lora: int
-    attention: int
-    lm_head: int
-
-    @property
-    def total(self) -> int:
-        return self.encoder + self.adapter + self.llm_linear + self.lora + self.attention + self.lm_head
-
-
-def step_flops(config: BorealisConfig, seq_lens: Sequence[int], num_clips: int) -> StepFlops:
-    """Matmul FLOPs one training step must do: frozen encoder, adapter, LLM with LoRA.
-
-    A linear with P weights costs 2P per position forward, 2P for the input gradient and 2P
-    for the weight gradient; a frozen weight skips the last. With T = max_source_positions
-    (1500) encoder frames per clip, N = ceil(T / k) stacked frames, L_i tokens in row i and
-    S = sum(L_i):
-
-        encoder    = clips * [2 * (3*M*D) * 2T  +  2 * (3*D*D + layers*(4D^2 + 2DF)) * T
-                              + layers * 4 * T^2 * D]            forward only (frozen, no grad)
-        adapter    = clips * N * (4 * P_in + 6 * P_out)          w_in needs no input grad
-        llm_linear = 4 * P_llm * S                               fwd + input grads (frozen)
-        lora       = 6 * P_lora * S                              fwd + input + weight grads
-        attention  = layers * 6 * heads * head_dim * sum(L_i^2)  causal half, fwd + 2x bwd
-        lm_head    = 4 * V * H * S                               every position gets logits
-
-    Whisper always encodes the full 30 s window (the log-mel is padded to it), and the adapter
-    runs on all N frames before the splice keeps the first N_i; so trimming saves LLM work
-    only. Causal attention: QK^T and PV cost 2 * L^2 * head_dim each per head in full, half of
-    that under the causal mask, and the backward does 4 such matmuls to the forward's 2.
-    Norms, softmax, activations, rotary, the STFT and the optimizer are left out (< 1%).
-    Full fine-tuning (`lora: None`) trains the LLM: 6 * P_llm * S and 6 * V * H * S.
-
-    Args:
-        config: the model's configuration; the encoder must be frozen.
-        seq_lens: non-pad LLM tokens of each row.
-        num_clips: audio clips in the batch (each one runs the encoder once).
-    """
-    if not config.freeze_encoder:
-        raise ValueError("step_flops models a frozen encoder (freeze_encoder=True) only")
-    enc, llm = config.encoder_config, config.llm_config
-    p = matmul_params(config)
-    t, d, m = enc.max_source_positions, enc.d_model, enc.num_mel_bins
-    conv1 = 3 * m * d
-    encoder = num_clips * (2 * conv1 * 2 * t + 2 * (p["encoder"] - conv1) * t + enc.encoder_layers * 4 * t * t * d)
-    n = -(-t // config.downsample_factor)
-    adapter = num_clips * n * (4 * p["adapter_in"] + 6 * p["adapter_out"])
-    s = sum(seq_lens)
-    base = 4 if config.lora else 6  # frozen base weights get no weight gradient
-    shapes = _projection_shapes(llm)
-    attn_width = shapes["q_proj"][1]  # heads * head_dim
-    attention = llm.num_hidden_layers * 6 * attn_width * sum(length * length for length in seq_lens)
-    return StepFlops(encoder=encoder, adapter=adapter, llm_linear=base * p["llm_linear"] * s,
-                     lora=6 * p["lora"] * s, attention=attention, lm_head=base * p["lm_head"] * s)
-
-
 # ---------------------------------------------------------------------- model and batch
 def build_model(config: BorealisConfig, device: torch.device) -> BorealisForConditionalGeneration:
     """Random-weight Borealis on `device`: frozen weights bf16, trainable ones float32."""
@@ -256,7 +154,7 @@ def build_model(config: BorealisConfig, device: torch.device) -> BorealisForCond
     model.train()
     counts = matmul_params(config)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    adapter = sum(p.numel() for p in model.adapter.parameters())
+    adapter = sum(m.weight.numel() for m in model.adapter.modules() if isinstance(m, torch.nn.Linear))
     assert lora == counts["lora"] and adapter == counts["adapter_in"] + counts["adapter_out"], \
         "step_flops' parameter counts no longer match the model"
     return model

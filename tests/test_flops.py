@@ -1,0 +1,103 @@
+"""borealis.flops: the step FLOPs formulas by hand and against torch's own FLOP counter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import load_tool
+
+from borealis import flops
+from borealis.modeling import BorealisConfig
+
+bench = load_tool("bench_train")
+
+
+def _toy_config(lora: dict | None, freeze_encoder: bool = True):
+    from transformers import Qwen3Config, WhisperConfig
+
+    encoder = WhisperConfig(num_mel_bins=2, d_model=4, encoder_layers=1, encoder_attention_heads=1,
+                            encoder_ffn_dim=8, max_source_positions=6)
+    llm = Qwen3Config(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=2)
+    return BorealisConfig(encoder_config=encoder, llm_config=llm, downsample_factor=2, lora=lora,
+                          freeze_encoder=freeze_encoder, audio_token_id=7, audio_start_id=8, audio_end_id=9)
+
+
+def test_step_flops_by_hand():
+    config = _toy_config({"r": 1, "alpha": 2, "dropout": 0.0, "target_modules": ["q_proj", "down_proj"]})
+    f = flops.step_flops(config, seq_lens=[5, 3], num_clips=2)
+    # encoder, per clip (M=2, D=4, F=8, T=6 frames, 12 mel frames), forward only:
+    #   conv1 2*(3*2*4)*12 = 576; conv2 + layer 2*(3*4*4 + 4*16 + 2*4*8)*6 = 2112; attention 4*36*4 = 576
+    assert f.encoder == 2 * (576 + 2112 + 576)
+    # adapter: N = 6/2 = 3 frames per clip, w_in 2*4*4 = 32 (4x), w_out 4*4 = 16 (6x)
+    assert f.adapter == 2 * 3 * (4 * 32 + 6 * 16)
+    # projections q 4x4, k 4x2, v 4x2, o 4x4, gate/up/down 4x8 = 144 weights; S = 5 + 3 tokens
+    assert f.llm_linear == 4 * 144 * 8
+    assert f.lora == 6 * (1 * (4 + 4) + 1 * (8 + 4)) * 8  # q_proj and down_proj, r = 1
+    assert f.attention == 6 * (2 * 2) * (5 * 5 + 3 * 3)  # 1 layer, heads * head_dim = 4
+    assert f.lm_head == 4 * 10 * 4 * 8
+    assert f.total == 15536
+
+    full = flops.step_flops(_toy_config(None), seq_lens=[5, 3], num_clips=2)  # full fine-tuning
+    assert (full.llm_linear, full.lora, full.lm_head) == (6 * 144 * 8, 0, 6 * 10 * 4 * 8)
+    trained = flops.step_flops(_toy_config(None, freeze_encoder=False), seq_lens=[5, 3], num_clips=2)
+    # conv1 fwd + weight grad 4*24*12; the rest 6*(48 + 64 + 64)*6; attention fwd + 2x bwd 12*36*4
+    assert trained.encoder == 2 * (4 * 24 * 12 + 6 * 176 * 6 + 12 * 36 * 4)
+    assert trained.adapter == 2 * 3 * (6 * 32 + 6 * 16)  # w_in now needs its input gradient too
+
+
+def _count(config, seconds: float, rows: int = 2):
+    """torch's count of one training step minus the log-mel, and the formulas' (attention doubled:
+    eager attention computes the full square, twice the causal half that step_flops counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config.encoder_config._attn_implementation = "eager"
+    config.llm_config._attn_implementation = "eager"
+    model = bench.build_model(config, torch.device("cpu"))
+    if not config.freeze_encoder:
+        model.encoder.requires_grad_(True)
+    batch = bench.synthetic_batch(config, rows, seconds, 20, torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+    features = sum(counter.get_flop_counts()["BorealisForConditionalGeneration.features"].values())
+    f = flops.step_flops(config, [batch["input_ids"].shape[1]] * rows, num_clips=rows)
+    return counter.get_total_flops() - features, f.total + f.attention
+
+
+@pytest.mark.parametrize(("seconds", "trim"), [(30.0, False), (10.0, True)])
+def test_step_flops_match_torch_flop_counter(seconds, trim):
+    measured, formula = _count(bench.tiny_config(trim), seconds)
+    assert measured == formula
+
+
+def test_trained_encoder_full_llm_and_deep_adapter_match_torch_flop_counter():
+    """The demo's setting (encoder and LLM trained, no LoRA) and the deep adapter ablation.
+
+    The encoder's full attention backward is counted at 2x its forward; torch counts the
+    bias-carrying deep adapter's addmm the same as a plain matmul.
+    """
+    config = bench.tiny_config(True)
+    config.freeze_encoder, config.lora, config.adapter = False, None, "deep"
+    measured, formula = _count(config, 10.0)
+    assert measured == formula
+
+
+def test_adapter_counts_come_from_the_built_adapter():
+    config = bench.tiny_config(False)
+    simple = flops.matmul_params(config)
+    assert (simple["adapter_in"], simple["adapter_out"]) == (4 * 32 * 64, 64 * 64)
+    config.adapter = "deep"
+    deep = flops.matmul_params(config)
+    assert deep["adapter_out"] == 64 * 64 + 3 * 2 * 64 * 96  # w_out + 3 blocks of 64 -> 96 -> 64
+
+
+def test_peak_flops_is_unknown_on_cpu_and_looked_up_on_cuda(monkeypatch):
+    assert flops.peak_flops(torch.device("cpu"), "bf16-mixed") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert flops.peak_flops(torch.device("cuda", 0), "bf16-mixed") == pytest.approx(989.4e12)
+    assert flops.peak_flops(torch.device("cuda", 0), "bf16-true") == pytest.approx(989.4e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    assert flops.peak_flops(torch.device("cuda", 0), "bf16-mixed") is None
