@@ -50,8 +50,8 @@ REMOTE_FILES = ("configuration_borealis.py", "modeling_borealis.py")
 AUTO_MAP = {"AutoConfig": "configuration_borealis.BorealisConfig",
             "AutoModel": "modeling_borealis.BorealisForConditionalGeneration"}
 LORA_SUBFOLDER = "lora"
-# Module arguments that shape the weights: a checkpoint only loads into the model they describe.
-ARCHITECTURE_KEYS = ("downsample_factor", "adapter", "trim_audio_tokens", "lora", "freeze_encoder")
+# Module arguments that shape the weights or what they compute: a checkpoint is only the model they describe.
+ARCHITECTURE_KEYS = ("downsample_factor", "adapter", "trim_audio_tokens", "encoder_window", "lora", "freeze_encoder")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -159,6 +159,7 @@ def build_model(settings: dict, checkpoint: dict) -> BorealisForConditionalGener
     model = BorealisForConditionalGeneration.from_parts(
         str(settings["encoder"]), str(settings["llm"]), downsample_factor=settings["downsample_factor"],
         adapter=settings["adapter"], trim_audio_tokens=settings["trim_audio_tokens"], lora=settings["lora"],
+        encoder_window=settings["encoder_window"],
         freeze_encoder=settings["freeze_encoder"], dtype=torch.float32, tokenizer=tokenizer)
     state = checkpoint["state_dict"]
     trained = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
@@ -249,7 +250,7 @@ def export_hf(model: BorealisForConditionalGeneration, out: Path, *, keep_adapte
     config = BorealisConfig(
         encoder_config=encoder_config, llm_config=llm_config, downsample_factor=model.config.downsample_factor,
         adapter=model.config.adapter, trim_audio_tokens=model.config.trim_audio_tokens,
-        lora=lora if keep_adapter else None, lora_adapter=LORA_SUBFOLDER if keep_adapter else None,
+        encoder_window=model.config.encoder_window, lora=lora if keep_adapter else None, lora_adapter=LORA_SUBFOLDER if keep_adapter else None,
         freeze_encoder=model.config.freeze_encoder,
         audio_token_id=model.config.audio_token_id, audio_start_id=model.config.audio_start_id,
         audio_end_id=model.config.audio_end_id,

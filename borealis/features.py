@@ -59,33 +59,49 @@ class WhisperLogMel(nn.Module):
     def max_seconds(self) -> float:
         return self.num_samples / SAMPLE_RATE
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
+                num_frames: int | None = None) -> torch.Tensor:
         """Log-mel features of a padded batch.
 
         Args:
             waveforms: (B, S) float audio at 16 kHz, zero-padded on the right.
             lengths: (B,) valid samples per row; samples past it are zeroed, so padding
                 written by augmentation or collation never leaks into the features.
+            num_frames: mel frames to return (default: the full window). A shorter window
+                (`encoder_window: batch`) must cover every clip (`window_frames`); its frames
+                equal the full window's first `num_frames`, normalisation included: two extra
+                frames are computed for the peak, and frames past them hold only padding
+                (the floor, never the peak).
 
         Returns:
             (B, M, num_frames) features, scaled as Whisper expects.
         """
+        frames = self.num_frames if num_frames is None else num_frames
+        extra = 0 if frames >= self.num_frames else 2
         waveforms = waveforms.float()
         if lengths is not None:
             keep = torch.arange(waveforms.shape[-1], device=waveforms.device) < lengths[:, None]
             waveforms = waveforms * keep
-        s = waveforms.shape[-1]
-        if s < self.num_samples:
-            waveforms = nn.functional.pad(waveforms, (0, self.num_samples - s))
-        elif s > self.num_samples:
-            waveforms = waveforms[:, : self.num_samples]
+        s, want = waveforms.shape[-1], (frames + extra) * HOP_LENGTH
+        if s < want:
+            waveforms = nn.functional.pad(waveforms, (0, want - s))
+        elif s > want:
+            waveforms = waveforms[:, :want]
         stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
         power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, F, T): drop the extra centre frame
         mel = self.mel_filters @ power  # (B, M, T)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
-        log_spec = torch.maximum(log_spec, peak - 8.0)
+        log_spec = torch.maximum(log_spec[..., :frames], peak - 8.0)
         return (log_spec + 4.0) / 4.0
+
+
+def window_frames(longest_samples: int, downsample_factor: int, max_source_positions: int) -> int:
+    """Mel frames of the shortest window that holds a clip of `longest_samples` (`encoder_window:
+    batch`): whole LLM positions (2k mel frames each), at most the full window."""
+    step = 2 * downsample_factor
+    frames = -(-max(int(longest_samples), 1) // HOP_LENGTH)
+    return min(-(-frames // step) * step, 2 * max_source_positions)
 
 
 def num_mel_frames(num_samples: torch.Tensor | int) -> torch.Tensor | int:

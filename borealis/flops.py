@@ -85,7 +85,7 @@ class StepFlops:
         return self.encoder + self.adapter + self.llm_linear + self.lora + self.attention + self.lm_head
 
 
-def step_flops(config, seq_lens: Sequence[int], num_clips: int) -> StepFlops:
+def step_flops(config, seq_lens: Sequence[int], num_clips: int, encoder_frames: int | None = None) -> StepFlops:
     """Matmul FLOPs one training step must do: encoder, adapter, LLM with LoRA.
 
     A linear with P weights costs 2P per position forward, 2P for the input gradient and 2P
@@ -101,10 +101,12 @@ def step_flops(config, seq_lens: Sequence[int], num_clips: int) -> StepFlops:
         attention  = layers * 6 * heads * head_dim * sum(L_i^2)  causal half, fwd + 2x bwd
         lm_head    = b * V * H * S                           every position gets logits
 
-    Whisper always encodes the full window (the log-mel is padded to it), and the adapter runs
-    on all N frames before the splice keeps each clip's first N_i; so trimming audio tokens
-    saves LLM work only. The encoder's attention is full (not causal): 4*T^2*D per layer
-    forward. Causal attention in the LLM costs half of the full square. Norms, softmax,
+    With `encoder_window: full` Whisper encodes the full window (the log-mel is padded to it),
+    and the adapter runs on all N frames before the splice keeps each clip's first N_i; so
+    trimming audio tokens saves LLM work only. With `encoder_window: batch` the window is the
+    batch's longest clip: pass its encoder frames as `encoder_frames` (T above). The encoder's
+    attention is full (not causal): 4*T^2*D per layer forward; causal attention in the LLM
+    costs half of the full square. Norms, softmax,
     activations, rotary, the STFT and the optimizer are left out (< 1%). Pad tokens are not
     counted: S and L_i are the rows' real lengths, so padding shows as lost MFU.
 
@@ -112,10 +114,13 @@ def step_flops(config, seq_lens: Sequence[int], num_clips: int) -> StepFlops:
         config: a `BorealisConfig`.
         seq_lens: non-pad LLM tokens of each row.
         num_clips: audio clips in the batch (each one runs the encoder once).
+        encoder_frames: encoder positions each clip runs through (default: the full window,
+            max_source_positions).
     """
     enc, llm = config.encoder_config, config.llm_config
     p = matmul_params(config)
-    t, d, m = enc.max_source_positions, enc.d_model, enc.num_mel_bins
+    t = enc.max_source_positions if encoder_frames is None else encoder_frames
+    d, m = enc.d_model, enc.num_mel_bins
     conv1 = 3 * m * d
     rest, attn = p["encoder"] - conv1, enc.encoder_layers * 4 * t * t * d
     if config.freeze_encoder:

@@ -32,7 +32,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretr
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from borealis.adapters import ADAPTERS, stack_frames
-from borealis.features import WhisperLogMel
+from borealis.features import WhisperLogMel, window_frames
 from borealis.prompts import (AUDIO_END, AUDIO_START, AUDIO_TOKEN, PromptBuilder, add_audio_tokens,
                               num_audio_tokens)
 
@@ -68,6 +68,12 @@ class BorealisConfig(PretrainedConfig):
         downsample_factor: k, encoder frames stacked into one LLM position.
         adapter: `simple` (the seed's 19.7M MLP) or `deep` (~80M residual MLP).
         trim_audio_tokens: N follows the real audio length; off = 375 slots per 30 s window.
+        encoder_window: `full` pads every clip's log-mel to the encoder window (30 s), as
+            Whisper was trained; `batch` pads to the batch's longest clip (whole LLM
+            positions), so short clips cost the encoder less. `batch` needs trimmed audio
+            tokens; a frozen pretrained Whisper sees inputs it was not trained on (its
+            outputs change), so it suits a trained encoder or length-bucketed batches of
+            models trained that way. The features of the covered frames are identical.
         lora: LoRA settings as a dict, or None for full fine-tuning of the LLM.
         freeze_encoder: keep Whisper frozen (eval mode, no grad); False for the unfreeze ablation.
         audio_token_id, audio_start_id, audio_end_id: ids of the three audio tokens.
@@ -80,7 +86,7 @@ class BorealisConfig(PretrainedConfig):
                  llm_config: dict | PretrainedConfig | None = None, downsample_factor: int = 4,
                  adapter: str = "simple", trim_audio_tokens: bool = True, lora: dict | None = None,
                  freeze_encoder: bool = True, audio_token_id: int | None = None, audio_start_id: int | None = None,
-                 audio_end_id: int | None = None, **kwargs) -> None:
+                 audio_end_id: int | None = None, encoder_window: str = "full", **kwargs) -> None:
         if isinstance(encoder_config, dict):
             encoder_config = WhisperConfig(**{k: v for k, v in encoder_config.items() if k != "model_type"})
         if isinstance(llm_config, dict):
@@ -89,6 +95,7 @@ class BorealisConfig(PretrainedConfig):
             raise ValueError(f"adapter={adapter!r} is not one of {sorted(ADAPTERS)}")
         if downsample_factor < 1:
             raise ValueError(f"downsample_factor must be >= 1, got {downsample_factor}")
+        check_encoder_window(encoder_window, trim_audio_tokens)
         super().__init__(**kwargs)  # first: it would reset the sub-configs' attention implementation
         self.encoder_config = encoder_config
         self.llm_config = llm_config
@@ -100,6 +107,37 @@ class BorealisConfig(PretrainedConfig):
         self.audio_token_id = audio_token_id
         self.audio_start_id = audio_start_id
         self.audio_end_id = audio_end_id
+        self.encoder_window = encoder_window
+
+
+ENCODER_WINDOWS = ("full", "batch")
+
+
+def check_encoder_window(encoder_window: str, trim_audio_tokens: bool) -> None:
+    if encoder_window not in ENCODER_WINDOWS:
+        raise ValueError(f"encoder_window={encoder_window!r} is not one of {list(ENCODER_WINDOWS)}")
+    if encoder_window == "batch" and not trim_audio_tokens:
+        raise ValueError("encoder_window='batch' needs trim_audio_tokens=True: untrimmed prompts hold the full "
+                         "window's audio slots, which a shorter encoder window cannot fill")
+
+
+def run_encoder(encoder: WhisperEncoder, input_features: torch.Tensor) -> torch.Tensor:
+    """`WhisperEncoder` hidden states for a log-mel of up to the full window.
+
+    transformers' forward insists on exactly the full window; for a shorter one this runs its
+    own modules (convs, the first T' positional embeddings, layers, final norm) in the same
+    order, and `tests/test_modeling.py` holds the two to equality on the full window. No
+    layerdrop (0 in every Whisper checkpoint).
+    """
+    if input_features.shape[-1] == 2 * encoder.config.max_source_positions:
+        return encoder(input_features).last_hidden_state
+    hidden = nn.functional.gelu(encoder.conv1(input_features))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)  # (B, T', D)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
 
 
 def _seed_name(native: str) -> str:
@@ -160,8 +198,9 @@ class BorealisForConditionalGeneration(PreTrainedModel):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_parts(cls, encoder: str, llm: str, *, downsample_factor: int = 4, adapter: str = "simple",
-                   trim_audio_tokens: bool = True, lora: LoraSettings | dict | None = None,
-                   freeze_encoder: bool = True, dtype: torch.dtype | None = None,
+                   trim_audio_tokens: bool = True, encoder_window: str = "full",
+                   lora: LoraSettings | dict | None = None, freeze_encoder: bool = True,
+                   dtype: torch.dtype | None = None,
                    tokenizer=None) -> BorealisForConditionalGeneration:
         """Assemble a model from a Whisper checkpoint and a causal LM checkpoint.
 
@@ -178,7 +217,7 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         _add_token_rows(lm, len(tokenizer))
         config = BorealisConfig(
             encoder_config=whisper_encoder.config, llm_config=lm.config, downsample_factor=downsample_factor,
-            adapter=adapter, trim_audio_tokens=trim_audio_tokens,
+            adapter=adapter, trim_audio_tokens=trim_audio_tokens, encoder_window=encoder_window,
             lora=asdict(lora) if isinstance(lora, LoraSettings) else lora, freeze_encoder=freeze_encoder,
             audio_token_id=ids[AUDIO_TOKEN], audio_start_id=ids[AUDIO_START], audio_end_id=ids[AUDIO_END])
         return cls(config, encoder=whisper_encoder, llm=lm, tokenizer=tokenizer)
@@ -238,11 +277,31 @@ class BorealisForConditionalGeneration(PreTrainedModel):
                                 max_source_positions=self.config.encoder_config.max_source_positions,
                                 trim=self.config.trim_audio_tokens)
 
+    def encoder_frames(self, longest_samples: int) -> int:
+        """Encoder positions a batch whose longest clip has `longest_samples` runs through."""
+        if getattr(self.config, "encoder_window", "full") == "full":
+            return self.config.encoder_config.max_source_positions
+        return self._window_frames(longest_samples) // 2
+
+    def _window_frames(self, longest_samples: int) -> int:
+        return window_frames(longest_samples, self.config.downsample_factor,
+                             self.config.encoder_config.max_source_positions)
+
+    def log_mel(self, waveforms: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
+        """(A, S) padded audio + (A,) lengths -> (A, M, T_mel) log-mel of the configured window.
+
+        The `batch` window is sized from S, the padded width (collation pads to the longest
+        clip), not from `audio_lengths.max()`, which would cost a device sync per step.
+        """
+        if getattr(self.config, "encoder_window", "full") == "full":
+            return self.features(waveforms, audio_lengths)
+        return self.features(waveforms, audio_lengths, self._window_frames(waveforms.shape[-1]))
+
     def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the full window."""
+        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the window (T_mel / 2k)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             enc_dtype = next(self.encoder.parameters()).dtype
-            hidden = self.encoder(input_features.to(enc_dtype)).last_hidden_state  # (B, T_mel / 2, D)
+            hidden = run_encoder(self.encoder, input_features.to(enc_dtype))  # (B, T_mel / 2, D)
         stacked = stack_frames(hidden, self.config.downsample_factor)  # (B, N_max, k * D)
         return self.adapter(stacked.to(self.adapter.w_in.weight.dtype))
 
@@ -268,7 +327,7 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         if audio_lengths is None:
             raise ValueError("audio_lengths is required with audio: (A,) valid samples per clip")
         if input_features is None:
-            input_features = self.features(waveforms, audio_lengths)  # (A, M, T_mel)
+            input_features = self.log_mel(waveforms, audio_lengths)  # (A, M, T_mel)
         audio = self.encode_audio(input_features)  # (A, N_max, H)
         n = self.num_audio_tokens(audio_lengths)  # (A,)
         valid = torch.arange(audio.shape[1], device=audio.device) < n[:, None]  # (A, N_max)
@@ -289,6 +348,9 @@ class BorealisForConditionalGeneration(PreTrainedModel):
             waveforms / audio_lengths / input_features: see `embed`.
         """
         embeds = self.embed(input_ids, waveforms, audio_lengths, input_features)
+        # No KV cache unless asked (`generate` has its own): a loss pass never reads one, and under
+        # activation checkpointing (FSDP) the recomputed layers would append to it a second time.
+        kwargs.setdefault("use_cache", False)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     # ------------------------------------------------------------------ generation

@@ -239,6 +239,23 @@ def test_deep_adapter_full_fine_tune_and_bf16_exports(parts, tmp_path):
     assert half.generate(audio=clip.numpy(), user_prompt=PROMPT, max_new_tokens=4).shape[0] == 1
 
 
+def test_batch_encoder_window_exports(parts, tmp_path):
+    """A model trained with `encoder_window: batch` runs the same shorter window after export."""
+    from borealis.hf_remote.modeling_borealis import BorealisForConditionalGeneration as Remote
+
+    ckpt, model = _train(tmp_path, parts, encoder_window="batch")
+    clips = _clips()[:2]  # 0.7 + 1.6 s: a 1.6 s window of the 2 s one
+    want = model.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
+    exported = export(ckpt, tmp_path / "hf")
+    assert json.loads((exported / "config.json").read_text())["encoder_window"] == "batch"
+    remote = Remote.from_pretrained(exported)
+    assert remote.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM,
+                           max_new_tokens=MAX_NEW).tolist() == want.tolist()
+    ids, _, waves, lengths = model._client_batch(clips, PROMPT, SYSTEM)
+    with torch.no_grad():
+        torch.testing.assert_close(remote.embed(ids, waves, lengths), model.embed(ids, waves, lengths))
+
+
 @pytest.fixture(scope="module")
 def voxtral_run(tmp_path_factory, parts):
     """The flagship setting: the full window of audio tokens (trim_audio_tokens: false)."""

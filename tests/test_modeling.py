@@ -170,3 +170,72 @@ def test_overfit_one_batch(tiny_parts):
         if loss.item() < 0.02:
             break
     assert first > 3 and loss.item() < 0.05
+
+
+# ---------------------------------------------------------------------- encoder_window: batch
+def test_batch_window_features_equal_the_full_windows_first_frames():
+    from borealis.features import WhisperLogMel, window_frames
+
+    mel = WhisperLogMel(num_mel_bins=80, max_source_positions=100)  # 2 s window
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([4321, 9000, 12_345])  # not whole frames; the loudest sample at the very end
+    waves = torch.nn.utils.rnn.pad_sequence([torch.randn(n, generator=g) * 0.1 for n in lengths.tolist()],
+                                            batch_first=True)
+    waves[2, 12_344] = 1.0
+    frames = window_frames(waves.shape[-1], downsample_factor=4, max_source_positions=100)
+    assert frames == 80 and frames * 160 >= 12_345 and frames % 8 == 0  # whole LLM positions (2k frames)
+    full, short = mel(waves, lengths), mel(waves, lengths, frames)
+    assert short.shape == (3, 80, 80) and full.shape == (3, 80, 200)
+    torch.testing.assert_close(short, full[..., :frames], rtol=0, atol=1e-6)
+    assert window_frames(10 ** 9, 4, 100) == 200 and window_frames(1, 4, 100) == 8
+
+
+def test_run_encoder_on_a_short_window_equals_transformers_on_that_window(tiny_model):
+    """Our loop over WhisperEncoder's modules = transformers' own forward of an encoder whose
+    window is the short one (same weights, positional table cut to T')."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from borealis.modeling import run_encoder
+
+    encoder = tiny_model.encoder.eval()
+    config = encoder.config.__class__(**{**encoder.config.to_dict(), "max_source_positions": 24})
+    short = WhisperEncoder(config).eval()
+    state = {k: (v[:24] if k == "embed_positions.weight" else v) for k, v in encoder.state_dict().items()}
+    short.load_state_dict(state)
+    features = torch.randn(2, 80, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(run_encoder(encoder, features), short(features).last_hidden_state)
+        full = torch.randn(2, 80, 2 * encoder.config.max_source_positions)
+        torch.testing.assert_close(run_encoder(encoder, full), encoder(full).last_hidden_state)
+
+
+def test_batch_window_model_trains_and_matches_full_when_the_window_is_full(tiny_parts):
+    enc, llm = tiny_parts
+    torch.manual_seed(0)
+    full = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), lora=None, freeze_encoder=False)
+    torch.manual_seed(0)
+    short = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), lora=None, freeze_encoder=False,
+                                                        encoder_window="batch")
+    short.load_state_dict(full.state_dict())
+    full.eval(), short.eval()
+    window = full.features.max_seconds
+    batch = _batch(full, seconds=(window, 0.5))  # the longest clip fills the window: both encode it all
+    assert short.encoder_frames(batch["waveforms"].shape[-1]) == full.config.encoder_config.max_source_positions
+    with torch.no_grad():
+        torch.testing.assert_close(short(**batch).logits, full(**batch).logits)
+    batch = _batch(full, seconds=(0.5, 0.3))
+    # 0.5 s = 50 mel frames -> 56 (7 LLM positions of 8 frames) -> 28 encoder positions, of 100
+    assert short.encoder_frames(batch["waveforms"].shape[-1]) == 28 < full.encoder_frames(8000) == 100
+    short.train()
+    loss = short(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and short.encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_batch_window_needs_trimmed_tokens(tiny_parts):
+    enc, llm = tiny_parts
+    with pytest.raises(ValueError, match="needs trim_audio_tokens=True"):
+        BorealisForConditionalGeneration.from_parts(str(enc), str(llm), trim_audio_tokens=False,
+                                                    encoder_window="batch")
+    with pytest.raises(ValueError, match="encoder_window='half'"):
+        BorealisForConditionalGeneration.from_parts(str(enc), str(llm), encoder_window="half")

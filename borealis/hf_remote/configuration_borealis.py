@@ -25,6 +25,8 @@ class BorealisConfig(PretrainedConfig):
         downsample_factor: k, encoder frames stacked into one LLM position.
         adapter: `simple` (Linear -> GELU -> Linear, no bias) or `deep` (residual MLP blocks).
         trim_audio_tokens: N audio slots follow the real audio length; off = the full window.
+        encoder_window: `full` pads each clip's log-mel to the encoder window (30 s); `batch`
+            to the batch's longest clip (the model was trained that way).
         lora: LoRA settings the model was trained with (informational; None once merged).
         lora_adapter: subfolder holding an unmerged peft LoRA adapter of the LLM, or None.
         freeze_encoder: the encoder was frozen in training (kept for the training package).
@@ -40,7 +42,7 @@ class BorealisConfig(PretrainedConfig):
                  adapter: str = "simple", trim_audio_tokens: bool = True, lora: dict | None = None,
                  lora_adapter: str | None = None, freeze_encoder: bool = True, audio_token_id: int | None = None,
                  audio_start_id: int | None = None, audio_end_id: int | None = None,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, **kwargs) -> None:
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, encoder_window: str = "full", **kwargs) -> None:
         if isinstance(encoder_config, dict):
             encoder_config = WhisperConfig(**{k: v for k, v in encoder_config.items() if k != "model_type"})
         if isinstance(llm_config, dict):
@@ -49,6 +51,8 @@ class BorealisConfig(PretrainedConfig):
             raise ValueError(f"adapter={adapter!r} is not one of {list(ADAPTER_KINDS)}")
         if downsample_factor < 1:
             raise ValueError(f"downsample_factor must be >= 1, got {downsample_factor}")
+        if encoder_window not in ("full", "batch"):
+            raise ValueError(f"encoder_window={encoder_window!r} is not one of ['full', 'batch']")
         super().__init__(**kwargs)  # first: it would reset the sub-configs' attention implementation
         self.encoder_config = encoder_config
         self.llm_config = llm_config
@@ -62,3 +66,4 @@ class BorealisConfig(PretrainedConfig):
         self.audio_start_id = audio_start_id
         self.audio_end_id = audio_end_id
         self.system_prompt = system_prompt
+        self.encoder_window = encoder_window

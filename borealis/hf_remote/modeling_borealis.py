@@ -71,25 +71,52 @@ class WhisperLogMel(nn.Module):
         self.mel_filters.copy_(self._filters())
         self.window.copy_(torch.hann_window(N_FFT, dtype=torch.float32))
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) 16 kHz audio, zero-padded on the right, and (B,) valid samples -> (B, M, num_frames)."""
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
+                num_frames: int | None = None) -> torch.Tensor:
+        """(B, S) 16 kHz audio, zero-padded on the right, and (B,) valid samples -> (B, M, num_frames).
+
+        A window shorter than the full one (`num_frames`, from `window_frames`) gives the full
+        window's first frames exactly: two extra frames are computed for the peak.
+        """
+        frames = self.num_frames if num_frames is None else num_frames
+        extra = 0 if frames >= self.num_frames else 2
         waveforms = waveforms.float()
         if lengths is not None:
             keep = torch.arange(waveforms.shape[-1], device=waveforms.device) < lengths[:, None]
             waveforms = waveforms * keep
-        s = waveforms.shape[-1]
-        if s < self.num_samples:
-            waveforms = nn.functional.pad(waveforms, (0, self.num_samples - s))
-        elif s > self.num_samples:
-            waveforms = waveforms[:, : self.num_samples]
+        s, want = waveforms.shape[-1], (frames + extra) * HOP_LENGTH
+        if s < want:
+            waveforms = nn.functional.pad(waveforms, (0, want - s))
+        elif s > want:
+            waveforms = waveforms[:, :want]
         # .float(): the buffers follow a model-wide .to(bfloat16); the spectrogram stays float32
         stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window.float(), return_complex=True)
         power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, F, T): drop the extra centre frame
         mel = self.mel_filters.float() @ power  # (B, M, T)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
-        log_spec = torch.maximum(log_spec, peak - 8.0)
+        log_spec = torch.maximum(log_spec[..., :frames], peak - 8.0)
         return (log_spec + 4.0) / 4.0
+
+
+def window_frames(longest_samples: int, downsample_factor: int, max_source_positions: int) -> int:
+    """Mel frames of the shortest window holding a clip of `longest_samples`: whole 2k-frame steps."""
+    step = 2 * downsample_factor
+    frames = -(-max(int(longest_samples), 1) // HOP_LENGTH)
+    return min(-(-frames // step) * step, 2 * max_source_positions)
+
+
+def run_encoder(encoder: WhisperEncoder, input_features: torch.Tensor) -> torch.Tensor:
+    """Whisper encoder hidden states for a log-mel of up to the full window (transformers' forward
+    takes the full window only; a shorter one runs its modules in the same order)."""
+    if input_features.shape[-1] == 2 * encoder.config.max_source_positions:
+        return encoder(input_features).last_hidden_state
+    hidden = nn.functional.gelu(encoder.conv1(input_features))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
 
 
 def stack_frames(hidden: torch.Tensor, factor: int) -> torch.Tensor:
@@ -242,9 +269,9 @@ class BorealisForConditionalGeneration(PreTrainedModel):
 
     # ------------------------------------------------------------------ forward
     def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the full window."""
+        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the window."""
         enc_dtype = next(self.encoder.parameters()).dtype
-        hidden = self.encoder(input_features.to(enc_dtype)).last_hidden_state  # (B, T_mel / 2, D)
+        hidden = run_encoder(self.encoder, input_features.to(enc_dtype))  # (B, T_mel / 2, D)
         stacked = stack_frames(hidden, self.config.downsample_factor)  # (B, N_max, k * D)
         return self.adapter(stacked.to(self.adapter.w_in.weight.dtype))
 
@@ -265,7 +292,11 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         if audio_lengths is None:
             raise ValueError("audio_lengths is required with audio: (A,) valid samples per clip")
         if input_features is None:
-            input_features = self.features(waveforms, audio_lengths)  # (A, M, T_mel)
+            frames = None
+            if getattr(self.config, "encoder_window", "full") == "batch":  # padded width: no device sync
+                frames = window_frames(waveforms.shape[-1], self.config.downsample_factor,
+                                       self.config.encoder_config.max_source_positions)
+            input_features = self.features(waveforms, audio_lengths, frames)  # (A, M, T_mel)
         audio = self.encode_audio(input_features)  # (A, N_max, H)
         n = self.num_audio_tokens(audio_lengths)  # (A,)
         valid = torch.arange(audio.shape[1], device=audio.device) < n[:, None]  # (A, N_max)
