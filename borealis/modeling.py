@@ -145,6 +145,13 @@ def _seed_name(native: str) -> str:
     return native.replace(".base_layer.", ".").replace(".default.", ".")
 
 
+def _unwrapped_name(name: str) -> str:
+    """A parameter name without the FSDP and activation-checkpoint wrappers' path parts, as
+    their state dicts write it (`layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.mlp`
+    -> `layers.0.mlp`); unwrapped names pass unchanged."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+
+
 class BorealisForConditionalGeneration(PreTrainedModel):
     """Frozen Whisper encoder + k-frame stacking + adapter + causal LM (optionally LoRA).
 
@@ -415,8 +422,9 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         self.config.lora = None
 
     def trainable_parameter_names(self) -> list[str]:
-        """Seed-style names of the parameters that train (what a checkpoint must hold)."""
-        return [_seed_name(n) for n, p in self.named_parameters() if p.requires_grad]
+        """Seed-style names of the parameters that train (what a checkpoint must hold), also
+        while FSDP wraps the layers."""
+        return [_unwrapped_name(_seed_name(n)) for n, p in self.named_parameters() if p.requires_grad]
 
 
 # ---------------------------------------------------------------------- state-dict hooks
@@ -428,8 +436,10 @@ def _to_seed_names(module, state_dict, prefix, local_metadata) -> None:
 
 
 def _from_seed_names(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
-    native = {_seed_name(n): n for n, _ in module.named_parameters(remove_duplicate=False)}
-    native.update({_seed_name(n): n for n, _ in module.named_buffers(remove_duplicate=False)})
+    # Under FSDP the wrapped layers' own load hooks insert their path parts further down the load.
+    names = [_unwrapped_name(n) for n, _ in (*module.named_parameters(remove_duplicate=False),
+                                              *module.named_buffers(remove_duplicate=False))]
+    native = {_seed_name(n): n for n in names}
     keys = [k for k in state_dict if k.startswith(prefix)]
     module._loaded_lora = any(".lora_" in k for k in keys)
     for key in keys:
