@@ -11,6 +11,14 @@ module at instantiation, so the two can never disagree about token ids. The augm
 curriculum's clock (`callbacks.AugmentationScheduler`) is always installed; its options sit
 under `augmentation_scheduler:` and it does nothing when `data.augmentation` is null.
 
+Throughput: `throughput.Throughput` is always installed, with its options under
+`throughput:`. Every `log_every_n_steps` optimizer steps (`--throughput.window N`) it logs per
+device `train/audio_sec_per_sec`, `train/tokens_per_sec`, `train/samples_per_sec`,
+`train/padding_ratio`, `train/data_wait_ms`, `train/compute_ms`, `train/data_wait_share`,
+`train/tflops_per_sec` and `train/mfu`, and at the end of fit it logs a summary line. MFU
+needs the chip's peak: Lightning's table knows H100/H200/A100/L4..., not CPUs; otherwise give
+it, e.g. `--throughput.peak_tflops 989` (H100 SXM, bf16).
+
 Checkpoints: `checkpointing.Checkpoint` is always installed, with its options under
 `checkpoint:` (`--checkpoint.every_n_train_steps`, `--checkpoint.train_time_interval`, ...;
 `trainer.enable_checkpointing: false` turns it off). More ModelCheckpoints in
@@ -38,6 +46,7 @@ from borealis.callbacks import AugmentationScheduler
 from borealis.checkpointing import AtomicCheckpointIO, Checkpoint
 from borealis.data import BorealisDataModule
 from borealis.module import BorealisLightningModule
+from borealis.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,7 @@ class BorealisCLI(LightningCLI):
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_lightning_class_args(AugmentationScheduler, "augmentation_scheduler")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_argument("--save_every_n_steps", type=int | None, default=None,
                             help="shortcut that overrides --checkpoint.every_n_train_steps: save (and keep last.ckpt) "
                                  "every N optimizer steps; the time-based option is --checkpoint.train_time_interval")

@@ -240,7 +240,10 @@ def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False)
 
     Returns input_ids / attention_mask / labels (B, L); waveforms (A, S) and audio_lengths
     (A,) for the A rows that carry audio, in row order (None when none do); plus keys,
-    references, languages, pools, and is_pad (B,).
+    references, languages, pools, and is_pad (B,). Also host-side counts as plain int lists,
+    which Lightning leaves on the host, so `throughput.Throughput` reads them without a
+    device sync: row_tokens (B,), each row's non-pad LLM tokens, and audio_samples (A,),
+    each clip's samples ([] when no row has audio).
     """
     width = max(len(it["input_ids"]) for it in items)
     ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
@@ -254,9 +257,11 @@ def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False)
         mask[i, cols] = 1
     clips = [torch.from_numpy(np.asarray(it["audio"], dtype=np.float32)) for it in items if it["audio"] is not None]
     waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True) if clips else None
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long) if clips else None
+    samples = [len(c) for c in clips]
+    lengths = torch.tensor(samples, dtype=torch.long) if clips else None
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "waveforms": waveforms,
-            "audio_lengths": lengths, "keys": [it["key"] for it in items],
+            "audio_lengths": lengths, "row_tokens": [len(it["input_ids"]) for it in items], "audio_samples": samples,
+            "keys": [it["key"] for it in items],
             "references": [it.get("reference") for it in items], "languages": [it.get("language") for it in items],
             "pools": [it.get("pool") for it in items],
             "is_pad": torch.tensor([bool(it.get("is_pad")) for it in items]),
