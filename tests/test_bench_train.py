@@ -93,3 +93,55 @@ def test_out_of_memory_or_failure_is_a_row_not_a_crash(monkeypatch):
 
     monkeypatch.setattr(bench, "run_variant", broken)
     assert bench.measure(variant, args, device)["status"] == "error: RuntimeError: no kernel for this"
+
+
+def test_demo_shape_compares_the_seed_pipeline_on_real_samples(tmp_path, tiny_parts, capsys):
+    """--shape demo on a small real corpus: every pipeline trains on the same samples, the
+    accounting holds, trimming and the batch window cut work, and the table prints the ratio."""
+    from conftest import make_pool
+
+    enc, llm = tiny_parts
+    make_pool(tmp_path / "a", "a", range(16), seconds=lambda i: 0.2 + 0.1 * (i % 7))
+    make_pool(tmp_path / "b", "b", range(16), language="ru", seconds=lambda i: 0.3 + 0.2 * (i % 4))
+    config = tmp_path / "demo.yaml"
+    config.write_text(json.dumps({
+        "model": {"encoder": str(enc), "llm": str(llm), "lora": None, "freeze_encoder": False},
+        "data": {"train_pools": [{"name": "a", "shards": str(tmp_path / "a")},
+                                 {"name": "b", "shards": str(tmp_path / "b"), "weight": 0.5}],
+                 "batching": {"batch_size": 4}, "min_seconds": 0.1, "max_seconds": 2.0}}))  # JSON is YAML
+    out = tmp_path / "demo.json"
+    report = bench.main(["--shape", "demo", "--config", str(config), "--samples", "12", "--warmup", "0",
+                         "--bucket-size", "8", "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == report["rows"]
+    rows = {r["pipeline"]: r for r in report["rows"]}
+    assert list(rows) == bench.PIPELINE_NAMES
+    assert rows["seed"]["batches"] == 3 and rows["seed"]["token_budget"] is None  # 12 samples in fixed 4s
+    for r in rows.values():
+        assert r["samples"] == 12 and r["seconds"] > 0 and r["samples_per_sec"] > 0
+        assert 0 <= r["llm_padding_share"] <= r["llm_waste_share"] < 1 and 0 <= r["encoder_padding_share"] < 1
+    # the seed fills every prompt with the window's 25 slots (tiny window 2 s, k = 4): silence the LLM reads
+    assert rows["seed"]["llm_waste_share"] > rows["trim"]["llm_waste_share"]
+    assert rows["trim"]["llm_tokens"] < rows["seed"]["llm_tokens"] == rows["batched_splice"]["llm_tokens"]
+    assert rows["trim_bucket"]["llm_padding_share"] <= rows["trim"]["llm_padding_share"]
+    assert rows["borealis"]["encoder_padding_share"] < rows["trim_bucket"]["encoder_padding_share"]
+    assert rows["borealis"]["flops"] < rows["trim_bucket"]["flops"] <= rows["trim"]["flops"] < rows["seed"]["flops"]
+    budget = rows["borealis"]["token_budget"]
+    assert budget == 4 * report["tokens_per_sample"]["demo"]["max_untrimmed_tokens"]
+    tokens = report["tokens_per_sample"]
+    assert tokens["demo"]["untrimmed"]["audio_tokens"] == 25 > tokens["demo"]["trimmed"]["audio_tokens"]
+    assert tokens["librispeech_like"]["untrimmed"]["audio_tokens"] == 375
+    assert 11 < tokens["librispeech_like"]["mean_seconds"] < 13.5
+    assert 140 < tokens["librispeech_like"]["trimmed"]["audio_tokens"] < 170  # ~12.3 s / 80 ms
+    stdout = capsys.readouterr().out
+    assert "bench_train demo on cpu: borealis" in stdout and "librispeech_like" in stdout
+
+
+def test_naive_splice_equals_the_batched_one(tiny_model):
+    """The seed's per-sample loop and Borealis' masked_scatter give the same embeddings."""
+    from test_modeling import _batch
+
+    batch = _batch(tiny_model.eval(), seconds=(1.0, 0.6))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bench.naive_embed(tiny_model, batch["input_ids"], batch["waveforms"], batch["audio_lengths"]),
+            tiny_model.embed(batch["input_ids"], batch["waveforms"], batch["audio_lengths"]))

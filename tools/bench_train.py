@@ -1,6 +1,35 @@
-"""Training-step throughput, MFU and peak memory of Borealis-5B on one GPU.
+"""Training-step throughput: Borealis-5B on one GPU, and the seed's pipeline vs ours on the CPU.
 
-What: builds Borealis at the flagship shapes of `configs/it_fresh.yaml` (Whisper-large-v3
+Three shapes (`--shape`):
+    flagship  Borealis-5B, synthetic batches, on a GPU (the default where CUDA is available);
+    tiny      tiny widths on the same 30 s geometry, synthetic: a CPU smoke run of the variants;
+    demo      the `--config` model (configs/demo.yaml: the demo's encoder and LLM) trained on
+              real demo samples, on the CPU (the default there): the seed's pipeline against
+              Borealis's, measured in the same run, below.
+
+--shape demo. Every pipeline builds the same model (same seed) and trains one pass over the
+same `--samples` real samples (the pools of `data.train_pools`, mixed by weight), after
+`--warmup` untimed steps; data loading is not timed (samples are decoded and tokenised first).
+Each row adds one change to the row above; speed-up = samples/s over the first row's:
+    seed            the seed's per-sample approach: every clip padded to the encoder window (the
+                    demo's 3 s, the flagship's 30 s), the window's audio slots in every prompt
+                    (38 for the demo, 375 for the flagship), fixed batches of --batch-size in
+                    stream order, and a per-sample splice loop (`naive_embed`).
+    batched_splice  the splice as one masked_scatter over the batch (`modeling.embed`).
+    trim            trim_audio_tokens: each clip gets ceil(frames / 2k) slots, its real length.
+    trim_bucket     duration bucketing: buckets of --bucket-size samples sorted by length, cut
+                    by a padded-token budget (`data.Batching`, max_tokens_per_batch; default the
+                    seed batch's footprint: batch size x the longest untrimmed row).
+    borealis        encoder_window: batch: the log-mel padded to the batch's longest clip, not
+                    to the window, so the encoder skips the padding too.
+Columns: LLM pad % (pad tokens / padded tokens), + silent slots % (also counting audio slots
+past the end of their clip: real tokens to the LLM, but silence), enc pad % (encoder frames
+past the end of each clip), GFLOP (`flops.step_flops`, useful work only), samples/s, audio-s/s,
+tok/s (non-pad LLM tokens), speed-up. Then LLM tokens per sample with and without trimming,
+for the demo samples (real prompts) and for a LibriSpeech-like duration distribution through
+the flagship geometry (see LIBRISPEECH_MEAN). Cost: ~2 minutes on 2 quiet cores (480 samples).
+
+--shape flagship / tiny: builds Borealis at the flagship shapes of `configs/it_fresh.yaml` (Whisper-large-v3
 encoder, frozen -> 4x stacking -> 19.7M adapter -> Qwen3-4B with LoRA r=256, alpha=512 on all
 7 projections) with random weights (nothing is downloaded), and times training steps on
 synthetic batches. Several variants run in one process; the table gives each one's speed-up
@@ -44,6 +73,7 @@ failure makes the exit status 1). At batch 4 a step is 49 TFLOP (`--device meta`
 ~0.12 s at 40% MFU; the whole run should take a minute or two after start-up (not yet timed
 on a GPU: these sessions had none).
 
+    python tools/bench_train.py --shape demo --json demo.json       # CPU: seed vs Borealis pipeline
     python tools/bench_train.py --batch-size 4 --json bench.json   # one GPU, flagship shapes
     python tools/bench_train.py --device meta                      # shapes, params, FLOPs; no timing
     python tools/bench_train.py --tiny --device cpu --steps 2      # CPU smoke run (seconds)
@@ -62,6 +92,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -277,6 +308,260 @@ def measure(variant: Variant, args: argparse.Namespace, device: torch.device) ->
             torch.cuda.empty_cache()
 
 
+# ---------------------------------------------------------------------- demo: the seed's pipeline vs ours
+@dataclass(frozen=True)
+class Pipeline:
+    """How one pass over the same real samples is batched and run (see the module docstring)."""
+
+    name: str
+    trim_audio_tokens: bool
+    bucketing: bool
+    batched_splice: bool
+    encoder_window: str = "full"
+
+
+PIPELINES = [
+    Pipeline("seed", trim_audio_tokens=False, bucketing=False, batched_splice=False),
+    Pipeline("batched_splice", trim_audio_tokens=False, bucketing=False, batched_splice=True),
+    Pipeline("trim", trim_audio_tokens=True, bucketing=False, batched_splice=True),
+    Pipeline("trim_bucket", trim_audio_tokens=True, bucketing=True, batched_splice=True),
+    Pipeline("borealis", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch"),
+]
+PIPELINE_NAMES = [p.name for p in PIPELINES]
+
+
+def naive_embed(model: BorealisForConditionalGeneration, input_ids: torch.Tensor, waveforms: torch.Tensor,
+                audio_lengths: torch.Tensor) -> torch.Tensor:
+    """The seed's splice: the batch is encoded at once, then each row's embeddings are rebuilt
+    in a Python loop around its `<|AUDIO|>` run (cat of text before, audio, text after)."""
+    embeds = model.llm.get_input_embeddings()(input_ids)
+    audio = model.encode_audio(model.features(waveforms, audio_lengths))  # (B, N, H): the full window
+    rows = []
+    for i in range(input_ids.shape[0]):
+        slots = (input_ids[i] == model.config.audio_token_id).nonzero().flatten()
+        start, n = int(slots[0]), len(slots)
+        rows.append(torch.cat([embeds[i, :start], audio[i, :n].to(embeds.dtype), embeds[i, start + n:]]))
+    return torch.stack(rows)
+
+
+def read_demo_samples(pools: list[dict], count: int, min_seconds: float, max_seconds: float) -> list[dict]:
+    """`count` decoded audio samples of the training pools, mixed by their weights (a seeded draw
+    of the pool, then its next sample in file order), within the duration limits."""
+    from borealis.shards import iter_shard, list_shards
+
+    streams = [(s for shard in list_shards(p["shards"]) for s in iter_shard(shard)) for p in pools]
+    weights = np.array([p.get("weight", 1.0) for p in pools], dtype=float)
+    rng = np.random.default_rng(0)
+    samples = []
+    while len(samples) < count and weights.sum() > 0:
+        i = int(rng.choice(len(pools), p=weights / weights.sum()))
+        sample = next(streams[i], None)
+        if sample is None:
+            weights[i] = 0  # this pool ran dry
+        elif sample["audio"] is not None and min_seconds <= len(sample["audio"]) / SAMPLE_RATE <= max_seconds:
+            samples.append(sample)
+    if len(samples) < count:
+        raise ValueError(f"the pools {[p['shards'] for p in pools]} hold only {len(samples)} usable samples, "
+                         f"--samples asks for {count}")
+    return samples
+
+
+def plan_batches(pipeline: Pipeline, items: list[dict], batch_size: int, max_tokens: int,
+                 bucket_size: int) -> list[list[dict]]:
+    """The seed's fixed-size batches in stream order, or Borealis's: buckets of `bucket_size`
+    samples sorted by length and cut by a padded-token budget (`data.Batching`)."""
+    from borealis.data import Batching
+
+    if not pipeline.bucketing:
+        return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    batching = Batching(max_tokens_per_batch=max_tokens, bucket_size=bucket_size)
+    batches = []
+    for start in range(0, len(items), bucket_size):
+        batches += batching.cut(sorted(items[start:start + bucket_size], key=batching.size))
+    return batches
+
+
+def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration) -> dict:
+    """Padding shares and FLOPs of collated batches: pad LLM tokens; audio slots past the end of
+    their clip (the seed's untrimmed rows: real tokens to the LLM, but silence); encoder frames
+    past the end of each clip."""
+    from borealis.flops import step_flops
+
+    tokens = sum(sum(b["row_tokens"]) for b in batches)
+    padded = sum(b["input_ids"].numel() for b in batches)
+    slots = sum(int((b["input_ids"] == model.config.audio_token_id).sum()) for b in batches)
+    heard = sum(int(num_audio_tokens(torch.tensor(b["audio_samples"]), downsample_factor=model.config.downsample_factor,
+                                     max_source_positions=model.config.encoder_config.max_source_positions,
+                                     trim=True).sum()) for b in batches)
+    frames_used = frames_run = 0
+    flops = 0
+    for b in batches:
+        t = model.encoder_frames(b["waveforms"].shape[-1])
+        frames_run += t * len(b["audio_samples"])
+        frames_used += sum(min(-(-n // HOP_LENGTH) / 2, t) for n in b["audio_samples"])
+        flops += step_flops(model.config, b["row_tokens"], len(b["audio_samples"]), t).total
+    return {"batches": len(batches), "llm_tokens": tokens, "llm_padding_share": (padded - tokens) / padded,
+            "llm_waste_share": (padded - tokens + slots - heard) / padded,
+            "encoder_padding_share": 1 - frames_used / frames_run, "flops": flops}
+
+
+def run_pipeline(pipeline: Pipeline, samples: list[dict], settings: dict, args: argparse.Namespace) -> dict:
+    """Build the demo model for `pipeline`, then time one pass over `samples`: every step is
+    forward + backward + clip + AdamW, as the demo trains (float32, encoder and LLM trained)."""
+    from borealis.data import collate, encode_sample
+
+    torch.manual_seed(0)
+    model = BorealisForConditionalGeneration.from_parts(
+        settings["encoder"], settings["llm"], downsample_factor=settings.get("downsample_factor", 4),
+        adapter=settings.get("adapter", "simple"), trim_audio_tokens=pipeline.trim_audio_tokens,
+        encoder_window=pipeline.encoder_window, lora=settings.get("lora"),
+        freeze_encoder=settings.get("freeze_encoder", True))
+    model.train()
+    prompts = model.prompts
+    items = [encode_sample(s, prompts) for s in samples]
+    budget = args.max_tokens_per_batch
+    batches = [collate(b, prompts.pad_token_id)
+               for b in plan_batches(pipeline, items, args.batch_size, budget, args.bucket_size)]
+    stats = batch_stats(batches, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step(batch: dict) -> float:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
+        if pipeline.batched_splice:
+            loss = model(**inputs).loss
+        else:
+            embeds = naive_embed(model, inputs["input_ids"], inputs["waveforms"], inputs["audio_lengths"])
+            loss = model.llm(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                             labels=inputs["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for batch in batches[:args.warmup]:
+        step(batch)
+    start = time.perf_counter()
+    losses = [step(batch) for batch in batches]
+    seconds = time.perf_counter() - start
+    if not all(math.isfinite(x) for x in losses):
+        raise RuntimeError(f"{pipeline.name}: non-finite loss")
+    audio_s = sum(len(s["audio"]) for s in samples) / SAMPLE_RATE
+    return {"pipeline": pipeline.name, **asdict(pipeline), **stats, "samples": len(samples),
+            "token_budget": budget if pipeline.bucketing else None, "seconds": seconds,
+            "samples_per_sec": len(samples) / seconds, "audio_sec_per_sec": audio_s / seconds,
+            "tokens_per_sec": stats["llm_tokens"] / seconds, "gflops_per_sec": stats["flops"] / seconds / 1e9,
+            "mean_batch": len(samples) / len(batches)}
+
+
+def tokens_per_sample(samples: list[dict], settings: dict, seed: int = 0, count: int = 10_000) -> dict:
+    """LLM tokens per sample with and without trimming: the demo samples through the demo's real
+    prompts, and a LibriSpeech-like set through the flagship geometry (30 s window, k = 4)."""
+    from transformers import AutoTokenizer, WhisperConfig
+
+    from borealis.data import encode_sample
+    from borealis.prompts import PromptBuilder, add_audio_tokens, num_audio_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(settings["llm"])
+    add_audio_tokens(tokenizer)
+    window = WhisperConfig.from_pretrained(settings["encoder"]).max_source_positions
+    k = settings.get("downsample_factor", 4)
+    demo = {"max_untrimmed_tokens": 0}
+    for trim in (False, True):
+        builder = PromptBuilder(tokenizer, downsample_factor=k, max_source_positions=window, trim_audio_tokens=trim)
+        lengths = [len(encode_sample(s, builder)["input_ids"]) for s in samples]
+        slots = [num_audio_tokens(len(s["audio"]), downsample_factor=k, max_source_positions=window, trim=trim)
+                 for s in samples]
+        demo["trimmed" if trim else "untrimmed"] = {"llm_tokens": statistics.mean(lengths),
+                                                    "audio_tokens": statistics.mean(slots)}
+        demo["max_untrimmed_tokens"] = max(demo["max_untrimmed_tokens"], *lengths)
+    rng = np.random.default_rng(seed)
+    seconds = np.clip(rng.gamma(LIBRISPEECH_SHAPE, LIBRISPEECH_MEAN / LIBRISPEECH_SHAPE, count), 1.0, 30.0)
+    text = np.round(seconds * LIBRISPEECH_TEXT_TOKENS_PER_SECOND) + 2  # transcript + <|im_end|> "\n"
+    fixed = PREFIX_TOKENS + 2 + SUFFIX_TOKENS  # + start/end of audio
+    libri = {}
+    for trim in (False, True):
+        slots = num_audio_tokens(torch.from_numpy((seconds * SAMPLE_RATE).astype(np.int64)), downsample_factor=4,
+                                 max_source_positions=1500, trim=trim).numpy()
+        libri["trimmed" if trim else "untrimmed"] = {"llm_tokens": float(np.mean(slots + fixed + text)),
+                                                     "audio_tokens": float(np.mean(slots))}
+    return {"demo": {"samples": len(samples), "mean_seconds": statistics.mean(len(s["audio"]) / SAMPLE_RATE
+                                                                             for s in samples), **demo},
+            "librispeech_like": {"samples": count, "mean_seconds": float(seconds.mean()), **libri}}
+
+
+# LibriSpeech-like durations: a gamma with mean 12.3 s (LibriSpeech train-clean's utterance mean is
+# ~12.3 s, most between 10 and 17 s) and shape 10 (sd ~3.9 s), clipped to [1, 30] s; transcripts at
+# ~2.7 words/s x ~1.3 Qwen3 tokens/word. Text tokens are the same either way; they only set the share.
+LIBRISPEECH_MEAN, LIBRISPEECH_SHAPE, LIBRISPEECH_TEXT_TOKENS_PER_SECOND = 12.3, 10.0, 3.5
+
+
+def demo_settings(config_path: Path) -> tuple[dict, dict]:
+    """(model, data) sections of a training YAML such as configs/demo.yaml."""
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text())
+    model, data = config.get("model") or {}, config.get("data") or {}
+    missing = [k for k in ("encoder", "llm") if not model.get(k)]
+    if missing or not data.get("train_pools"):
+        raise ValueError(f"{config_path}: model.encoder, model.llm and data.train_pools are needed, "
+                         f"missing {missing + ([] if data.get('train_pools') else ['data.train_pools'])}")
+    for key in ("encoder", "llm"):
+        if not Path(model[key]).is_dir():
+            raise FileNotFoundError(f"{config_path}: model.{key} = {model[key]} is not a folder; build the demo "
+                                    f"corpus first: python tools/make_demo_corpus.py --out demo")
+    return model, data
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    """Every pipeline over the same demo samples; the token budget defaults to the seed's batch
+    footprint (batch size x the longest untrimmed row), so no step holds more padded tokens."""
+    model_settings, data = demo_settings(args.config)
+    samples = read_demo_samples(data["train_pools"], args.samples, data.get("min_seconds", 0.0),
+                                data.get("max_seconds", 30.0))
+    log.info("%d demo samples from %s, %.1f s of audio", len(samples), [p["name"] for p in data["train_pools"]],
+             sum(len(s["audio"]) for s in samples) / SAMPLE_RATE)
+    tokens = tokens_per_sample(samples, model_settings)
+    if args.batch_size is None:
+        args.batch_size = (data.get("batching") or {}).get("batch_size") or 12
+    if args.max_tokens_per_batch is None:
+        args.max_tokens_per_batch = args.batch_size * tokens["demo"]["max_untrimmed_tokens"]
+    rows = []
+    for i, pipeline in enumerate([p for p in PIPELINES if p.name in args.pipelines], 1):
+        log.info("[%d/%d] %s", i, len(args.pipelines), pipeline)
+        rows.append(run_pipeline(pipeline, samples, model_settings, args))
+        log.info("  %.1f s, %.1f samples/s", rows[-1]["seconds"], rows[-1]["samples_per_sec"])
+    return {"rows": rows, "tokens_per_sample": tokens,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+
+
+def format_demo(report: dict) -> str:
+    rows = report["rows"]
+    base = rows[0]
+    header = ["pipeline", "batches", "mean B", "LLM pad %", "+silent slots %", "enc pad %", "GFLOP", "seconds",
+              "samples/s", "audio-s/s", "tok/s", "GFLOP/s", "speed-up"]
+    lines = [[r["pipeline"], str(r["batches"]), f"{r['mean_batch']:.1f}", f"{100 * r['llm_padding_share']:.1f}",
+              f"{100 * r['llm_waste_share']:.1f}", f"{100 * r['encoder_padding_share']:.1f}", f"{r['flops'] / 1e9:,.0f}", f"{r['seconds']:.1f}",
+              f"{r['samples_per_sec']:.1f}", f"{r['audio_sec_per_sec']:.1f}", f"{r['tokens_per_sec']:,.0f}",
+              f"{r['gflops_per_sec']:.1f}", f"{r['samples_per_sec'] / base['samples_per_sec']:.2f}x"]
+             for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
+    out.append("LLM tokens per sample (audio slots), untrimmed -> trimmed:")
+    for name, t in report["tokens_per_sample"].items():
+        u, m = t["untrimmed"], t["trimmed"]
+        out.append(f"  {name}: {t['samples']} samples, mean {t['mean_seconds']:.2f} s: {u['llm_tokens']:.1f} "
+                   f"({u['audio_tokens']:.1f}) -> {m['llm_tokens']:.1f} ({m['audio_tokens']:.1f}), "
+                   f"{u['llm_tokens'] / m['llm_tokens']:.2f}x fewer")
+    last = rows[-1]
+    out.append(f"bench_train demo on cpu: {last['pipeline']} {last['samples_per_sec']:.1f} samples/s vs "
+               f"{base['pipeline']} {base['samples_per_sec']:.1f}: {last['samples_per_sec'] / base['samples_per_sec']:.2f}x; "
+               f"LLM padding {100 * last['llm_padding_share']:.1f}% vs {100 * base['llm_padding_share']:.1f}%")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------- report
 def _fmt(value, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + unit
@@ -326,14 +611,31 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (allocator, kernels)")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="clips per step (it_fresh.yaml trains 1 per GPU; 4 should peak near 45 GiB, 8 near 70)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="clips per step. Synthetic shapes: default 4 (it_fresh.yaml trains 1 per GPU; 4 should "
+                             "peak near 45 GiB, 8 near 70). demo: the seed pipeline's fixed batch, default the "
+                             "config's data.batching.batch_size (12)")
     parser.add_argument("--seconds", type=float, default=30.0, help="clip duration of baseline/trim/grad_ckpt, s")
     parser.add_argument("--short-seconds", type=float, default=10.0, help="clip duration of short/short_trim, s")
     parser.add_argument("--text-tokens", type=int, default=100, help="transcript tokens per row (they carry the loss)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="device peak for MFU, TFLOP/s: 989 = H100 SXM / H200 dense bf16; 756 = H100 PCIe")
-    parser.add_argument("--tiny", action="store_true", help="tiny widths on the 30 s geometry: a CPU run in seconds")
+    parser.add_argument("--shape", choices=["flagship", "tiny", "demo"], default=None,
+                        help="flagship: Borealis-5B, synthetic batches (default with CUDA); tiny: tiny widths on the "
+                             "30 s geometry, synthetic; demo: the --config model on real demo samples, the seed's "
+                             "pipeline vs Borealis's (default on the CPU)")
+    parser.add_argument("--tiny", action="store_true", help="the same as --shape tiny")
+    demo = parser.add_argument_group("--shape demo")
+    demo.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "demo.yaml",
+                      help="training YAML whose model (encoder, llm, lora, freeze_encoder) and data (train_pools, "
+                           "min/max_seconds, batching) are benchmarked")
+    demo.add_argument("--samples", type=int, default=480, help="real samples every pipeline trains on once")
+    demo.add_argument("--bucket-size", type=int, default=256, help="samples sorted together before cutting batches")
+    demo.add_argument("--max-tokens-per-batch", type=int, default=None,
+                      help="padded-token budget of a bucketed batch (default: batch size x the longest untrimmed "
+                           "row, the seed batch's footprint)")
+    demo.add_argument("--pipelines", nargs="+", choices=PIPELINE_NAMES, default=PIPELINE_NAMES,
+                      help="pipelines to run, in the documented order; the first one run is the baseline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda[:N], cpu, or meta (build and count only; no timing). Default: cuda if available")
     parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=VARIANT_NAMES,
@@ -342,8 +644,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     args = parser.parse_args(argv)
     window = 30.0  # both configs' encoder window: 2 * 1500 mel frames * 10 ms
     problems = []
-    for name, low in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("text_tokens", 1)):
-        if getattr(args, name) < low:
+    if args.tiny:
+        args.shape = args.shape or "tiny"
+        if args.shape != "tiny":
+            problems.append(f"--tiny contradicts --shape {args.shape}")
+    for name, low in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("text_tokens", 1), ("samples", 1),
+                      ("bucket_size", 1), ("max_tokens_per_batch", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < low:
             problems.append(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= {low}")
     for name in ("seconds", "short_seconds"):
         value = getattr(args, name)
@@ -359,15 +666,34 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         problems.append(f"--device={args.device}: CUDA is not available here (torch {torch.__version__}, built for "
                         f"CUDA {torch.version.cuda}); use --device cpu --tiny for a CPU run, or --device meta")
+    if device is not None and args.shape is None:
+        args.shape = "demo" if device.type == "cpu" else "flagship"
+    if args.shape == "demo" and device is not None and device.type != "cpu":
+        problems.append(f"--shape demo runs on the CPU (the demo's own device), not --device {args.device}")
+    if args.shape == "demo" and not args.config.is_file():
+        problems.append(f"--config {args.config}: no such file")
     if problems:
         parser.error("; ".join(problems))
+    args.tiny = args.shape == "tiny"
+    if args.shape != "demo" and args.batch_size is None:
+        args.batch_size = 4
     args.variants = [v for v in VARIANT_NAMES if v in args.variants]
+    args.pipelines = [p for p in PIPELINE_NAMES if p in args.pipelines]
     return args, device
 
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     args, device = parse_args(argv)
+    if args.shape == "demo":
+        report = {"device": "cpu", "shapes": f"demo ({args.config})", "torch": torch.__version__,
+                  "threads": torch.get_num_threads(), **run_demo(args)}
+        print(format_demo(report))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2))
+            log.info("wrote %s", args.json)
+        return report
     if device.type == "cpu" and not args.tiny:
         log.warning("flagship shapes on the CPU: ~21 GB of RAM and minutes per step; --tiny is the CPU smoke run")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -390,4 +716,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(int(any(r["status"].startswith("error") for r in main()["rows"])))
+    sys.exit(int(any(r.get("status", "ok").startswith("error") for r in main()["rows"])))
