@@ -3,7 +3,6 @@
 from collections import Counter
 
 import pytest
-import torch
 from conftest import build_tokenizer, make_pool, tone_id
 from torch.utils.data import DataLoader
 
