@@ -242,8 +242,8 @@ def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False)
     (A,) for the A rows that carry audio, in row order (None when none do); plus keys,
     references, languages, pools, and is_pad (B,). Also host-side counts as plain int lists,
     which Lightning leaves on the host, so `throughput.Throughput` reads them without a
-    device sync: row_tokens (B,), each row's non-pad LLM tokens, and audio_samples (A,),
-    each clip's samples ([] when no row has audio).
+    device sync: row_tokens (B,), each row's non-pad LLM tokens, label_tokens (B,), each row's
+    labelled tokens, and audio_samples (A,), each clip's samples ([] when no row has audio).
     """
     width = max(len(it["input_ids"]) for it in items)
     ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
@@ -261,6 +261,7 @@ def collate(items: Sequence[dict], pad_token_id: int, *, left_pad: bool = False)
     lengths = torch.tensor(samples, dtype=torch.long) if clips else None
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "waveforms": waveforms,
             "audio_lengths": lengths, "row_tokens": [len(it["input_ids"]) for it in items], "audio_samples": samples,
+            "label_tokens": [len(it["labels"]) - it["labels"].count(IGNORE_INDEX) for it in items],
             "keys": [it["key"] for it in items],
             "references": [it.get("reference") for it in items], "languages": [it.get("language") for it in items],
             "pools": [it.get("pool") for it in items],

@@ -85,7 +85,8 @@ class StepFlops:
         return self.encoder + self.adapter + self.llm_linear + self.lora + self.attention + self.lm_head
 
 
-def step_flops(config, seq_lens: Sequence[int], num_clips: int, encoder_frames: int | None = None) -> StepFlops:
+def step_flops(config, seq_lens: Sequence[int], num_clips: int, encoder_frames: int | None = None,
+               label_tokens: int | None = None) -> StepFlops:
     """Matmul FLOPs one training step must do: encoder, adapter, LLM with LoRA.
 
     A linear with P weights costs 2P per position forward, 2P for the input gradient and 2P
@@ -99,7 +100,7 @@ def step_flops(config, seq_lens: Sequence[int], num_clips: int, encoder_frames: 
         llm_linear = b * P_llm * S                           b = 4 under LoRA (frozen), 6 trained
         lora       = 6 * P_lora * S
         attention  = layers * 6 * heads * head_dim * sum(L_i^2)  causal half, fwd + 2x bwd
-        lm_head    = b * V * H * S                           every position gets logits
+        lm_head    = b * V * H * S                           every position gets logits (or S_lab)
 
     With `encoder_window: full` Whisper encodes the full window (the log-mel is padded to it),
     and the adapter runs on all N frames before the splice keeps each clip's first N_i; so
@@ -116,6 +117,9 @@ def step_flops(config, seq_lens: Sequence[int], num_clips: int, encoder_frames: 
         num_clips: audio clips in the batch (each one runs the encoder once).
         encoder_frames: encoder positions each clip runs through (default: the full window,
             max_source_positions).
+        label_tokens: positions projected onto the vocabulary when only labelled ones are
+            (`BorealisForConditionalGeneration.loss`, the training step); None: every position
+            (the causal LM's own forward).
     """
     enc, llm = config.encoder_config, config.llm_config
     p = matmul_params(config)
@@ -134,7 +138,8 @@ def step_flops(config, seq_lens: Sequence[int], num_clips: int, encoder_frames: 
     attn_width = _projection_shapes(llm)["q_proj"][1]  # heads * head_dim
     attention = llm.num_hidden_layers * 6 * attn_width * sum(length * length for length in seq_lens)
     return StepFlops(encoder=encoder, adapter=adapter, llm_linear=base * p["llm_linear"] * s,
-                     lora=6 * p["lora"] * s, attention=attention, lm_head=base * p["lm_head"] * s)
+                     lora=6 * p["lora"] * s, attention=attention,
+                     lm_head=base * p["lm_head"] * (s if label_tokens is None else label_tokens))
 
 
 _PRECISION_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16, "32": torch.float32, "64": torch.float64}

@@ -2,7 +2,7 @@
 
 What: `Throughput`, a Lightning callback that the `borealis` CLI always installs (options
 under `throughput:`). Per training batch it reads two host clocks and the host-side counts
-`data.collate` puts in the batch (`row_tokens`, `audio_samples`); per window of optimizer
+`data.collate` puts in the batch (`row_tokens`, `label_tokens`, `audio_samples`); per window of optimizer
 steps (default `trainer.log_every_n_steps`) it logs, per device:
 
     train/audio_sec_per_sec, train/tokens_per_sec, train/samples_per_sec  (tokens: non-pad LLM positions)
@@ -118,6 +118,7 @@ class Throughput(L.Callback):
         self._win, self._total = _Tally(), _Tally()
         self._lengths: list[int] = []  # the window's row lengths (non-pad tokens)
         self._clips: Counter = Counter()  # the window's clips by encoder frames (None: the full window)
+        self._labels: int | None = 0  # the window's labelled tokens (None: a batch did not say)
         self._prev_end: float | None = None
         self._start = self._wait = 0.0
         self._steps_before = 0
@@ -133,7 +134,7 @@ class Throughput(L.Callback):
         self._config = getattr(model, "config", None)
         self._frames = getattr(model, "encoder_frames", None)
         self._win, self._total = _Tally(), _Tally()
-        self._lengths, self._clips = [], Counter()
+        self._lengths, self._clips, self._labels = [], Counter(), 0
         self.summary = {}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -167,6 +168,8 @@ class Throughput(L.Callback):
         w.slots += len(rows) * batch["input_ids"].shape[-1]
         w.audio_samples += sum(clips)
         self._lengths.extend(rows)
+        labels = batch.get("label_tokens")
+        self._labels = None if labels is None or self._labels is None else self._labels + sum(labels)
         if clips:
             self._clips[self._frames(max(clips)) if self._frames is not None else None] += len(clips)
         stepped = trainer.global_step > self._steps_before
@@ -201,14 +204,15 @@ class Throughput(L.Callback):
         w = self._win
         if self._config is not None:
             # step_flops is additive over rows and over clips: one call for all rows, one per clip length
-            w.flops = step_flops(self._config, self._lengths, 0).total + sum(
+            # the LM head runs on the labelled positions only (`BorealisForConditionalGeneration.loss`)
+            w.flops = step_flops(self._config, self._lengths, 0, label_tokens=self._labels).total + sum(
                 step_flops(self._config, [], n, frames).total for frames, n in self._clips.items())
         self._total.add(w)
         if w.batches and trainer.loggers:
             metrics = w.rates(self._peak, with_flops=self._config is not None)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
-        self._win, self._lengths, self._clips = _Tally(), [], Counter()
+        self._win, self._lengths, self._clips, self._labels = _Tally(), [], Counter(), 0
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._win.batches:  # a last window shorter than `window`

@@ -115,18 +115,24 @@ def test_demo_shape_compares_the_seed_pipeline_on_real_samples(tmp_path, tiny_pa
     assert json.loads(out.read_text())["rows"] == report["rows"]
     rows = {r["pipeline"]: r for r in report["rows"]}
     assert list(rows) == bench.PIPELINE_NAMES
-    assert rows["seed"]["batches"] == 3 and rows["seed"]["token_budget"] is None  # 12 samples in fixed 4s
+    assert rows["seed"]["batches"] == 3 and rows["seed"]["budget"] is None  # 12 samples in fixed 4s
     for r in rows.values():
         assert r["samples"] == 12 and r["seconds"] > 0 and r["samples_per_sec"] > 0
         assert 0 <= r["llm_padding_share"] <= r["llm_waste_share"] < 1 and 0 <= r["encoder_padding_share"] < 1
     # the seed fills every prompt with the window's 25 slots (tiny window 2 s, k = 4): silence the LLM reads
     assert rows["seed"]["llm_waste_share"] > rows["trim"]["llm_waste_share"]
     assert rows["trim"]["llm_tokens"] < rows["seed"]["llm_tokens"] == rows["batched_splice"]["llm_tokens"]
-    assert rows["trim_bucket"]["llm_padding_share"] <= rows["trim"]["llm_padding_share"]
-    assert rows["borealis"]["encoder_padding_share"] < rows["trim_bucket"]["encoder_padding_share"]
-    assert rows["borealis"]["flops"] < rows["trim_bucket"]["flops"] <= rows["trim"]["flops"] < rows["seed"]["flops"]
-    budget = rows["borealis"]["token_budget"]
-    assert budget == 4 * report["tokens_per_sample"]["demo"]["max_untrimmed_tokens"]
+    assert rows["bucket"]["encoder_padding_share"] == rows["seed"]["encoder_padding_share"]  # the full window
+    assert rows["encoder_window"]["encoder_padding_share"] < rows["bucket"]["encoder_padding_share"]
+    assert (rows["borealis"]["flops"] < rows["encoder_window"]["flops"] < rows["bucket"]["flops"]
+            == rows["trim"]["flops"] < rows["seed"]["flops"])  # bucketing regroups the same rows
+    assert rows["borealis"]["budget"] == {"max_seconds_per_batch": 4 * 2.0}  # the seed batch's audio
+    tokens_run = bench.main(["--shape", "demo", "--config", str(config), "--samples", "12", "--warmup", "0",
+                             "--bucket-size", "12", "--budget", "tokens", "--pipelines", "trim", "bucket"])
+    rows = {r["pipeline"]: r for r in tokens_run["rows"]}
+    assert rows["bucket"]["budget"] == {
+        "max_tokens_per_batch": 4 * report["tokens_per_sample"]["demo"]["max_untrimmed_tokens"]}
+    assert rows["bucket"]["llm_padding_share"] < rows["trim"]["llm_padding_share"]  # one sorted bucket
     tokens = report["tokens_per_sample"]
     assert tokens["demo"]["untrimmed"]["audio_tokens"] == 25 > tokens["demo"]["trimmed"]["audio_tokens"]
     assert tokens["librispeech_like"]["untrimmed"]["audio_tokens"] == 375

@@ -46,7 +46,7 @@ def test_step_flops_by_hand():
     assert trained.adapter == 2 * 3 * (6 * 32 + 6 * 16)  # w_in now needs its input gradient too
 
 
-def _count(config, seconds: float, rows: int = 2):
+def _count(config, seconds: float, rows: int = 2, lean: bool = False):
     """torch's count of one training step minus the log-mel, and the formulas' (attention doubled:
     eager attention computes the full square, twice the causal half that step_flops counts)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -60,10 +60,12 @@ def _count(config, seconds: float, rows: int = 2):
     counter = FlopCounterMode(display=False)
     with counter:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**batch).loss
+            loss = model.loss(**batch) if lean else model(**batch).loss
         loss.backward()
-    features = sum(counter.get_flop_counts()["BorealisForConditionalGeneration.features"].values())
-    f = flops.step_flops(config, [batch["input_ids"].shape[1]] * rows, num_clips=rows)
+    counts = counter.get_flop_counts()  # module names are relative to the outermost module entered
+    features = sum(counts["BorealisForConditionalGeneration.features" if not lean else "WhisperLogMel"].values())
+    labels = int((batch["labels"][:, 1:] != -100).sum()) if lean else None
+    f = flops.step_flops(config, [batch["input_ids"].shape[1]] * rows, num_clips=rows, label_tokens=labels)
     return counter.get_total_flops() - features, f.total + f.attention
 
 
@@ -71,6 +73,16 @@ def _count(config, seconds: float, rows: int = 2):
 def test_step_flops_match_torch_flop_counter(seconds, trim):
     measured, formula = _count(bench.tiny_config(trim), seconds)
     assert measured == formula
+
+
+def test_logits_of_labelled_positions_only_match_torch_flop_counter():
+    """model.loss (the training step) runs the LM head on the labelled positions alone."""
+    config = bench.tiny_config(True)
+    measured, formula = _count(config, 10.0, lean=True)
+    assert measured == formula
+    full = flops.step_flops(config, [200, 200], 2)
+    lean = flops.step_flops(config, [200, 200], 2, label_tokens=42)
+    assert full.total - lean.total == full.lm_head - lean.lm_head == 4 * 259 * 64 * (400 - 42)
 
 
 def test_trained_encoder_full_llm_and_deep_adapter_match_torch_flop_counter():

@@ -239,3 +239,18 @@ def test_batch_window_needs_trimmed_tokens(tiny_parts):
                                                     encoder_window="batch")
     with pytest.raises(ValueError, match="encoder_window='half'"):
         BorealisForConditionalGeneration.from_parts(str(enc), str(llm), encoder_window="half")
+
+
+def test_loss_on_labelled_positions_equals_the_full_forward(tiny_model):
+    """model.loss projects only the labelled positions onto the vocabulary: same loss, same grads."""
+    model = tiny_model.train()
+    model.llm.eval()  # no LoRA dropout draw: both passes must see the same network
+    batch = _batch(model, seconds=(1.0, 0.6), answers=("one two three", "five"))
+    full = model(**batch).loss
+    full.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    lean = model.loss(**batch)
+    lean.backward()
+    torch.testing.assert_close(lean, full)
+    assert want and all(torch.allclose(p.grad, want[n], atol=1e-6) for n, p in model.named_parameters() if n in want)

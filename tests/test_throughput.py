@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import Logger
 from borealis import throughput
 from borealis.data import collate
 from borealis.flops import step_flops
+from borealis.prompts import IGNORE_INDEX
 from borealis.modeling import BorealisConfig
 from borealis.shards import SAMPLE_RATE
 from borealis.throughput import Throughput
@@ -71,7 +72,8 @@ def _batch(i: int) -> dict:
     for r in range(2 + i % 3):
         n = 3 + (i + 2 * r) % 7
         audio = None if (i + r) % 3 == 0 else np.zeros(800 * (1 + (i * r) % 5), dtype=np.float32)
-        items.append({"input_ids": list(range(n)), "labels": list(range(n)), "audio": audio, "key": f"{i}-{r}"})
+        labels = [IGNORE_INDEX] * (n - 2) + [1, 2]  # the answer: the last two tokens
+        items.append({"input_ids": list(range(n)), "labels": labels, "audio": audio, "key": f"{i}-{r}"})
     return collate(items, pad_token_id=0)
 
 
@@ -115,8 +117,9 @@ def _expected(batches, config) -> dict:
             "slots": sum(m.numel() for m in mask),
             "audio_samples": sum(int(a.sum()) for a in lengths if a is not None),
             "flops": sum(step_flops(config, m.sum(-1).tolist(), 0 if a is None else len(a),
-                                    None if a is None else _frames(int(a.max()))).total
-                         for m, a in zip(mask, lengths))}
+                                    None if a is None else _frames(int(a.max())),
+                                    label_tokens=int((b["labels"] != IGNORE_INDEX).sum())).total
+                         for m, a, b in zip(mask, lengths, batches))}
 
 
 def test_window_accounting_is_exact_under_gradient_accumulation(monkeypatch):

@@ -17,11 +17,15 @@ Each row adds one change to the row above; speed-up = samples/s over the first r
                     stream order, and a per-sample splice loop (`naive_embed`).
     batched_splice  the splice as one masked_scatter over the batch (`modeling.embed`).
     trim            trim_audio_tokens: each clip gets ceil(frames / 2k) slots, its real length.
-    trim_bucket     duration bucketing: buckets of --bucket-size samples sorted by length, cut
-                    by a padded-token budget (`data.Batching`, max_tokens_per_batch; default the
-                    seed batch's footprint: batch size x the longest untrimmed row).
-    borealis        encoder_window: batch: the log-mel padded to the batch's longest clip, not
+    bucket          length bucketing: buckets of --bucket-size samples sorted by size and cut
+                    by a padded budget (`data.Batching`): --budget seconds (the default,
+                    max_seconds_per_batch = batch size x data.max_seconds, the seed batch's
+                    audio) or tokens (max_tokens_per_batch = batch size x the longest
+                    untrimmed row).
+    encoder_window  encoder_window: batch: the log-mel padded to the batch's longest clip, not
                     to the window, so the encoder skips the padding too.
+    borealis        the LM head on the labelled positions only (`modeling.loss`, what the
+                    training step runs), not on every position.
 Columns: LLM pad % (pad tokens / padded tokens), + silent slots % (also counting audio slots
 past the end of their clip: real tokens to the LLM, but silence), enc pad % (encoder frames
 past the end of each clip), GFLOP (`flops.step_flops`, useful work only), samples/s, audio-s/s,
@@ -318,14 +322,17 @@ class Pipeline:
     bucketing: bool
     batched_splice: bool
     encoder_window: str = "full"
+    label_logits: bool = False
 
 
 PIPELINES = [
     Pipeline("seed", trim_audio_tokens=False, bucketing=False, batched_splice=False),
     Pipeline("batched_splice", trim_audio_tokens=False, bucketing=False, batched_splice=True),
     Pipeline("trim", trim_audio_tokens=True, bucketing=False, batched_splice=True),
-    Pipeline("trim_bucket", trim_audio_tokens=True, bucketing=True, batched_splice=True),
-    Pipeline("borealis", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch"),
+    Pipeline("bucket", trim_audio_tokens=True, bucketing=True, batched_splice=True),
+    Pipeline("encoder_window", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch"),
+    Pipeline("borealis", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch",
+             label_logits=True),
 ]
 PIPELINE_NAMES = [p.name for p in PIPELINES]
 
@@ -366,22 +373,23 @@ def read_demo_samples(pools: list[dict], count: int, min_seconds: float, max_sec
     return samples
 
 
-def plan_batches(pipeline: Pipeline, items: list[dict], batch_size: int, max_tokens: int,
+def plan_batches(pipeline: Pipeline, items: list[dict], batch_size: int, budget: dict,
                  bucket_size: int) -> list[list[dict]]:
     """The seed's fixed-size batches in stream order, or Borealis's: buckets of `bucket_size`
-    samples sorted by length and cut by a padded-token budget (`data.Batching`)."""
+    samples sorted by size and cut by a padded budget (`data.Batching`; `budget` holds its
+    max_tokens_per_batch or max_seconds_per_batch)."""
     from borealis.data import Batching
 
     if not pipeline.bucketing:
         return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    batching = Batching(max_tokens_per_batch=max_tokens, bucket_size=bucket_size)
+    batching = Batching(**budget, bucket_size=bucket_size)
     batches = []
     for start in range(0, len(items), bucket_size):
         batches += batching.cut(sorted(items[start:start + bucket_size], key=batching.size))
     return batches
 
 
-def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration) -> dict:
+def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration, label_logits: bool) -> dict:
     """Padding shares and FLOPs of collated batches: pad LLM tokens; audio slots past the end of
     their clip (the seed's untrimmed rows: real tokens to the LLM, but silence); encoder frames
     past the end of each clip."""
@@ -399,7 +407,8 @@ def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration) ->
         t = model.encoder_frames(b["waveforms"].shape[-1])
         frames_run += t * len(b["audio_samples"])
         frames_used += sum(min(-(-n // HOP_LENGTH) / 2, t) for n in b["audio_samples"])
-        flops += step_flops(model.config, b["row_tokens"], len(b["audio_samples"]), t).total
+        flops += step_flops(model.config, b["row_tokens"], len(b["audio_samples"]), t,
+                            label_tokens=sum(b["label_tokens"]) if label_logits else None).total
     return {"batches": len(batches), "llm_tokens": tokens, "llm_padding_share": (padded - tokens) / padded,
             "llm_waste_share": (padded - tokens + slots - heard) / padded,
             "encoder_padding_share": 1 - frames_used / frames_run, "flops": flops}
@@ -419,16 +428,19 @@ def run_pipeline(pipeline: Pipeline, samples: list[dict], settings: dict, args: 
     model.train()
     prompts = model.prompts
     items = [encode_sample(s, prompts) for s in samples]
-    budget = args.max_tokens_per_batch
+    budget = ({"max_seconds_per_batch": args.max_seconds_per_batch} if args.budget == "seconds"
+              else {"max_tokens_per_batch": args.max_tokens_per_batch})
     batches = [collate(b, prompts.pad_token_id)
                for b in plan_batches(pipeline, items, args.batch_size, budget, args.bucket_size)]
-    stats = batch_stats(batches, model)
+    stats = batch_stats(batches, model, pipeline.label_logits)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step(batch: dict) -> float:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
-        if pipeline.batched_splice:
+        if pipeline.label_logits:
+            loss = model.loss(**inputs)  # what BorealisLightningModule.training_step runs
+        elif pipeline.batched_splice:
             loss = model(**inputs).loss
         else:
             embeds = naive_embed(model, inputs["input_ids"], inputs["waveforms"], inputs["audio_lengths"])
@@ -449,7 +461,7 @@ def run_pipeline(pipeline: Pipeline, samples: list[dict], settings: dict, args: 
         raise RuntimeError(f"{pipeline.name}: non-finite loss")
     audio_s = sum(len(s["audio"]) for s in samples) / SAMPLE_RATE
     return {"pipeline": pipeline.name, **asdict(pipeline), **stats, "samples": len(samples),
-            "token_budget": budget if pipeline.bucketing else None, "seconds": seconds,
+            "budget": budget if pipeline.bucketing else None, "seconds": seconds,
             "samples_per_sec": len(samples) / seconds, "audio_sec_per_sec": audio_s / seconds,
             "tokens_per_sec": stats["llm_tokens"] / seconds, "gflops_per_sec": stats["flops"] / seconds / 1e9,
             "mean_batch": len(samples) / len(batches)}
@@ -527,6 +539,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         args.batch_size = (data.get("batching") or {}).get("batch_size") or 12
     if args.max_tokens_per_batch is None:
         args.max_tokens_per_batch = args.batch_size * tokens["demo"]["max_untrimmed_tokens"]
+    if args.max_seconds_per_batch is None:
+        args.max_seconds_per_batch = args.batch_size * data.get("max_seconds", 30.0)
     rows = []
     for i, pipeline in enumerate([p for p in PIPELINES if p.name in args.pipelines], 1):
         log.info("[%d/%d] %s", i, len(args.pipelines), pipeline)
@@ -631,9 +645,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
                            "min/max_seconds, batching) are benchmarked")
     demo.add_argument("--samples", type=int, default=480, help="real samples every pipeline trains on once")
     demo.add_argument("--bucket-size", type=int, default=256, help="samples sorted together before cutting batches")
+    demo.add_argument("--budget", choices=["seconds", "tokens"], default="seconds",
+                      help="what bucketed batches are sorted and cut by: padded audio seconds (the encoder's cost; "
+                           "data.batching.max_seconds_per_batch) or padded LLM tokens (max_tokens_per_batch)")
+    demo.add_argument("--max-seconds-per-batch", type=float, default=None,
+                      help="--budget seconds: padded audio seconds per batch (default: batch size x data.max_seconds, "
+                           "the seed batch's audio footprint)")
     demo.add_argument("--max-tokens-per-batch", type=int, default=None,
-                      help="padded-token budget of a bucketed batch (default: batch size x the longest untrimmed "
-                           "row, the seed batch's footprint)")
+                      help="--budget tokens: padded LLM tokens per batch (default: batch size x the longest "
+                           "untrimmed row, the seed batch's footprint)")
     demo.add_argument("--pipelines", nargs="+", choices=PIPELINE_NAMES, default=PIPELINE_NAMES,
                       help="pipelines to run, in the documented order; the first one run is the baseline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -649,7 +669,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
         if args.shape != "tiny":
             problems.append(f"--tiny contradicts --shape {args.shape}")
     for name, low in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("text_tokens", 1), ("samples", 1),
-                      ("bucket_size", 1), ("max_tokens_per_batch", 1)):
+                      ("bucket_size", 1), ("max_tokens_per_batch", 1), ("max_seconds_per_batch", 0.01)):
         if getattr(args, name) is not None and getattr(args, name) < low:
             problems.append(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= {low}")
     for name in ("seconds", "short_seconds"):
