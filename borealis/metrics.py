@@ -62,10 +62,17 @@ def average_wer(per_benchmark: Mapping[str, float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def write_report(path: str | Path, checkpoint: str, per_benchmark: Mapping[str, dict]) -> dict:
-    """Write the WER JSON: per benchmark {wer, errors, words, samples} plus avg."""
+def rtfx(audio_seconds: float, seconds: float) -> float:
+    """Real-time factor as a speed: seconds of audio transcribed per wall-clock second."""
+    return audio_seconds / seconds if seconds > 0 else float("nan")
+
+
+def write_report(path: str | Path, checkpoint: str, per_benchmark: Mapping[str, dict],
+                 overall: Mapping[str, float] | None = None) -> dict:
+    """Write the WER JSON: per benchmark {wer, errors, words, samples, ...} plus avg, and the
+    `overall` figures (validation writes audio_seconds, seconds, rtfx) at the top level."""
     report = {"checkpoint": checkpoint, "benchmarks": dict(per_benchmark),
-              "avg": average_wer({k: v["wer"] for k, v in per_benchmark.items()})}
+              "avg": average_wer({k: v["wer"] for k, v in per_benchmark.items()}), **(overall or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False))

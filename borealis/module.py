@@ -10,9 +10,15 @@
 * Damaged training data (see `data.MixtureStream`) is logged as totals so far over all ranks:
   `train/skipped_samples`, `train/lost_samples`, `train/unreadable_shards`,
   `train/damaged_shards`. The totals are all-reduced only on the steps the logger writes.
-* Validation generates greedily in batches (KV cache) and sums word errors and reference
-  words per benchmark; the sums are all-reduced once per epoch, so the WER is exact across
-  ranks, and pad rows (see `data.RankBatches`) are never counted.
+* Validation generates greedily in batches (KV cache), duration-sorted by `data.RankBatches`,
+  and sums word errors, reference words and audio seconds per benchmark; pad rows are never
+  counted. It also reports its speed, RTFx = audio seconds / wall seconds of generation, per
+  benchmark (the time of its dataloader's steps, data waits included) and overall (epoch start
+  to end): `val/rtfx`, `val/rtfx/<name>` and wer.json. The sums and each rank's wall times
+  travel in one all-gather per epoch: sums add, so the WER is exact across ranks; wall times
+  take the max (the slowest rank). tools/bench_validate.py compares it with one-by-one
+  generation (figures in BENCHMARKS.md).
+* The training loss comes from `model.loss`: logits of the labelled positions only.
 * Checkpoints hold the trainable weights (LoRA + adapter, ~0.55B at 5B shapes) plus
   optimizer/scheduler state, never the frozen base; loading checks the key set exactly.
   Hyperparameters are plain types, so checkpoints load with `torch.load(weights_only=True)`.
@@ -51,10 +57,10 @@ from transformers import AutoTokenizer, WhisperConfig
 
 from borealis.augmentations import SpecAugment
 from borealis.features import num_mel_frames
-from borealis.metrics import average_wer, wer_table, word_errors, write_report
-from borealis.modeling import BorealisForConditionalGeneration, LoraSettings, load_init_weights
-from borealis.prompts import DEFAULT_SYSTEM_PROMPT, PromptBuilder
-from borealis.shards import ReadErrors
+from borealis.metrics import average_wer, rtfx, wer_table, word_errors, write_report
+from borealis.modeling import BorealisForConditionalGeneration, LoraSettings, check_encoder_window, load_init_weights
+from borealis.prompts import AUDIO_START, DEFAULT_SYSTEM_PROMPT, PromptBuilder
+from borealis.shards import SAMPLE_RATE, ReadErrors
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,6 +75,10 @@ class BorealisLightningModule(L.LightningModule):
         downsample_factor: encoder frames stacked per LLM position (k).
         adapter: `simple` (the seed's 19.7M MLP) or `deep` (~80M residual MLP, ablation).
         trim_audio_tokens: audio slots follow the clip length; off = full 30 s window (375).
+        encoder_window: `full` pads every clip to the encoder's window (30 s) as Whisper was
+            trained; `batch` pads to the batch's longest clip, so short clips cost the encoder
+            less (needs trim_audio_tokens; changes a frozen Whisper's outputs: see
+            `modeling.BorealisConfig`).
         lora: LoRA on the LLM; null trains the whole LLM.
         freeze_encoder: keep Whisper frozen; false for the seed's unfreeze ablation.
         base_dtype: dtype of the pretrained weights as loaded; trainable weights stay float32.
@@ -92,6 +102,7 @@ class BorealisLightningModule(L.LightningModule):
 
     def __init__(self, encoder: str, llm: str, downsample_factor: int = 4,
                  adapter: Literal["simple", "deep"] = "simple", trim_audio_tokens: bool = True,
+                 encoder_window: Literal["full", "batch"] = "full",
                  lora: LoraSettings | None = LoraSettings(), freeze_encoder: bool = True,
                  base_dtype: Literal["float32", "bfloat16", "float16"] = "float32", learning_rate: float = 1e-5,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 100,
@@ -102,6 +113,7 @@ class BorealisLightningModule(L.LightningModule):
         if max_skipped_steps < 0 or skipped_steps_window < 1:
             raise ValueError(f"model.max_skipped_steps must be >= 0 and model.skipped_steps_window >= 1, got "
                              f"{max_skipped_steps} and {skipped_steps_window}")
+        check_encoder_window(encoder_window, trim_audio_tokens)
         self.save_hyperparameters()
         # Plain types only, so `torch.load(weights_only=True)` (Lightning, LightningCLI) reads the checkpoint.
         self.hparams["lora"] = asdict(lora) if isinstance(lora, LoraSettings) else lora
@@ -113,8 +125,9 @@ class BorealisLightningModule(L.LightningModule):
             max_source_positions=encoder_config.max_source_positions, trim_audio_tokens=trim_audio_tokens,
             system_prompt=system_prompt)
         self.model: BorealisForConditionalGeneration | None = None
-        self._val_sums: torch.Tensor | None = None  # (benchmarks, [errors, words, samples])
-        self._step_started: float | None = None
+        # (benchmarks, [errors, words, samples, audio samples, wall seconds]), and the validation clocks
+        self._val_sums: torch.Tensor | None = None
+        self._val_started = self._val_clock = 0.0
         self.spec_augment: SpecAugment | None = None  # set by callbacks.AugmentationScheduler
         self._mask_generator: torch.Generator | None = None
         self._data_errors: torch.Tensor | None = None  # this rank's totals of batch["data_errors"]
@@ -132,8 +145,8 @@ class BorealisLightningModule(L.LightningModule):
         hp = self.hparams
         self.model = BorealisForConditionalGeneration.from_parts(
             hp.encoder, hp.llm, downsample_factor=hp.downsample_factor, adapter=hp.adapter,
-            trim_audio_tokens=hp.trim_audio_tokens, lora=hp.lora, freeze_encoder=hp.freeze_encoder,
-            dtype=_DTYPES[hp.base_dtype], tokenizer=self.tokenizer)
+            trim_audio_tokens=hp.trim_audio_tokens, encoder_window=hp.encoder_window, lora=hp.lora,
+            freeze_encoder=hp.freeze_encoder, dtype=_DTYPES[hp.base_dtype], tokenizer=self.tokenizer)
         if hp.init_from:
             load_init_weights(self.model, hp.init_from)
         for p in self.model.parameters():
@@ -231,9 +244,6 @@ class BorealisLightningModule(L.LightningModule):
         if datamodule is not None and hasattr(datamodule, "set_epoch"):
             datamodule.set_epoch(self.current_epoch)
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
     def _model_inputs(self, batch: dict) -> dict:
         return {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
 
@@ -246,12 +256,12 @@ class BorealisLightningModule(L.LightningModule):
             self._mask_generator = torch.Generator(device=self.device)
             self._mask_generator.manual_seed(torch.initial_seed() + 1_000_003 * self.global_rank)
         lengths = inputs["audio_lengths"]
-        mel = self.model.features(inputs.pop("waveforms"), lengths)
+        mel = self.model.log_mel(inputs.pop("waveforms"), lengths)
         inputs["input_features"] = self.spec_augment(mel, num_mel_frames(lengths), self._mask_generator)
         return inputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**self._masked_features(batch)).loss
+        loss = self.model.loss(**self._masked_features(batch))  # logits of the labelled positions only
         n = len(batch["keys"])
         self._step_keys.extend(batch["keys"])
         finite = torch.isfinite(loss.detach())
@@ -325,19 +335,7 @@ class BorealisLightningModule(L.LightningModule):
             self.log(f"train/{name}", value, batch_size=n)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        self._log_data_errors(batch)
-        if self._step_started is None:
-            return
-        # Tensors, not .item(): the logger reads them every log_every_n_steps, so no per-step sync.
-        elapsed = max(time.perf_counter() - self._step_started, 1e-9)
-        mask = batch["attention_mask"]
-        tokens = mask.sum().float()
-        audio_s = (batch["audio_lengths"].sum().float() / 16000 if batch["audio_lengths"] is not None
-                   else torch.zeros((), device=mask.device))
-        n = len(batch["keys"])
-        self.log("train/audio_sec_per_sec", audio_s / elapsed, batch_size=n)
-        self.log("train/tokens_per_sec", tokens / elapsed, batch_size=n)
-        self.log("train/padding_ratio", 1 - tokens / mask.numel(), batch_size=n)
+        self._log_data_errors(batch)  # throughput (tokens/s, data wait, MFU): the `throughput.Throughput` callback
 
     # ------------------------------------------------------------------ generation
     def _generate(self, batch: dict) -> list[str]:
@@ -350,32 +348,68 @@ class BorealisLightningModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         return list(getattr(dm, "val_sets", {})) or ["val"]
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(len(self._benchmark_names()), 3, dtype=torch.float64, device=self.device)
+    def _audio_samples(self, batch: dict) -> torch.Tensor:
+        """Audio samples in the batch's real (non-pad) rows, as a float64 scalar on the device
+        (counts, not seconds: their sums are exact, whatever the batching and rank order).
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        hyps = self._generate(batch)
+        `audio_lengths` (A,) covers only the rows that carry a clip, in row order (text-only
+        rows have none); a row carries one iff its prompt holds the clip's start marker.
+        """
+        lengths = batch["audio_lengths"]
+        if lengths is None:
+            return torch.zeros((), dtype=torch.float64, device=self.device)
+        has_audio = (batch["input_ids"] == self.prompt_builder.audio_ids[AUDIO_START]).any(1)  # (B,)
+        real = ~batch["is_pad"][has_audio]  # (A,)
+        return lengths[real].sum().double()
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(len(self._benchmark_names()), 5, dtype=torch.float64, device=self.device)
+        self._val_started = self._val_clock = time.perf_counter()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Score a batch; returns the real rows' {"keys", "hypotheses"} (for callbacks: tools/bench_validate.py)."""
+        hyps = self._generate(batch)  # decoding brings the ids to the host: the device is done with the batch
         real = [i for i, pad in enumerate(batch["is_pad"].tolist()) if not pad]
         errors, words = word_errors([batch["references"][i] or "" for i in real], [hyps[i] for i in real],
                                     [batch["languages"][i] for i in real])
-        self._val_sums[dataloader_idx] += torch.tensor([sum(errors), sum(words), len(real)],
-                                                       dtype=torch.float64, device=self.device)
+        audio = self._audio_samples(batch)
+        now = time.perf_counter()  # the benchmark's wall time: since the previous step ended (the data wait included)
+        step = torch.tensor([sum(errors), sum(words), len(real), 0.0, now - self._val_clock], dtype=torch.float64,
+                            device=self.device)
+        step[3] = audio
+        self._val_sums[dataloader_idx] += step
+        self._val_clock = now
+        return {"keys": [batch["keys"][i] for i in real], "hypotheses": [hyps[i] for i in real]}
 
     def on_validation_epoch_end(self) -> None:
-        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        epoch = time.perf_counter() - self._val_started
+        # One collective: every rank's sums plus a row with its epoch time. Counts add; wall times take the max.
+        mine = torch.cat([self._val_sums, self._val_sums.new_tensor([[0, 0, 0, 0, epoch]])])  # (benchmarks + 1, 5)
+        ranks = self.trainer.strategy.all_gather(mine).reshape(-1, *mine.shape)  # (world, benchmarks + 1, 5)
+        sums, walls = ranks[..., :4].sum(0).tolist(), ranks[..., 4].amax(0).tolist()
         per_benchmark = {}
-        for name, (errors, words, samples) in zip(self._benchmark_names(), sums.tolist()):
-            wer = errors / words if words else float("nan")
-            per_benchmark[name] = {"wer": wer, "errors": int(errors), "words": int(words), "samples": int(samples)}
+        for name, (errors, words, samples, audio), wall in zip(self._benchmark_names(), sums, walls):
+            wer, audio = errors / words if words else float("nan"), audio / SAMPLE_RATE
+            per_benchmark[name] = {"wer": wer, "errors": int(errors), "words": int(words), "samples": int(samples),
+                                   "audio_seconds": audio, "seconds": wall, "rtfx": rtfx(audio, wall)}
             self.log(f"val/wer/{name}", wer, rank_zero_only=True, add_dataloader_idx=False)
+            self.log(f"val/rtfx/{name}", per_benchmark[name]["rtfx"], rank_zero_only=True, add_dataloader_idx=False)
+        audio = sum(v["audio_seconds"] for v in per_benchmark.values())
+        overall = {"audio_seconds": audio, "seconds": walls[-1], "rtfx": rtfx(audio, walls[-1])}
         avg = average_wer({k: v["wer"] for k, v in per_benchmark.items()})
         self.log("val/wer_avg", avg, prog_bar=True, rank_zero_only=True, add_dataloader_idx=False)
+        self.log("val/rtfx", overall["rtfx"], rank_zero_only=True, add_dataloader_idx=False)
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         label = Path(self.trainer.ckpt_path).name if self.trainer.ckpt_path else f"step-{self.global_step}"
-        report = write_report(self._report_dir() / "wer.json", label, per_benchmark)
+        report = write_report(self._report_dir() / "wer.json", label, per_benchmark, overall)
         table = wer_table({label: {**{k: v["wer"] for k, v in per_benchmark.items()}, "avg": report["avg"]}})
-        rank_zero_info(f"\nWER (%) per benchmark\n{table}\nwritten to {self._report_dir() / 'wer.json'}")
+        speed = ", ".join(f"{k} {v['rtfx']:.1f}" for k, v in per_benchmark.items())
+        rank_zero_info(f"\nWER (%) per benchmark\n{table}\nRTFx (audio seconds / wall seconds): {speed}; overall "
+                       f"{overall['rtfx']:.1f} ({audio:.1f} s of audio in {overall['seconds']:.1f} s)\n"
+                       f"written to {self._report_dir() / 'wer.json'}")
 
     def _report_dir(self) -> Path:
         if self.hparams.report_dir:

@@ -10,6 +10,7 @@ from conftest import make_pool, run_cli
 from borealis.cli import BorealisCLI
 from borealis.data import BorealisDataModule
 from borealis.module import BorealisLightningModule
+from borealis.shards import iter_shard, list_shards
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -96,6 +97,12 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     assert report["benchmarks"]["bench"]["words"] > 0
     assert report["checkpoint"] == "last.ckpt"
     assert "Avg" in out.stdout + out.stderr
+    bench = report["benchmarks"]["bench"]  # speed: audio of the 9 clips / wall seconds of their generation
+    audio = sum(s["audio"].size for shard in list_shards(str(tmp_path / "bench")) for s in iter_shard(shard)) / 16000
+    assert bench["audio_seconds"] == report["audio_seconds"] == pytest.approx(audio, abs=1e-9)
+    assert 0 < bench["seconds"] <= report["seconds"]
+    assert bench["rtfx"] == pytest.approx(audio / bench["seconds"]) and report["rtfx"] > 0
+    assert "RTFx" in out.stdout + out.stderr
 
     run_cli("predict", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
     rows = [json.loads(line) for line in (runs / "report" / "predictions.rank0.jsonl").read_text().splitlines()]

@@ -70,3 +70,4 @@ def test_ddp_on_two_cpu_ranks(tmp_path, tiny_parts):
     assert reports["2"]["words"] == reports["1"]["words"] > 0
     assert reports["2"]["errors"] == reports["1"]["errors"]
     assert reports["2"]["wer"] == reports["1"]["wer"]
+    assert reports["2"]["audio_seconds"] == reports["1"]["audio_seconds"] > 0  # pad rows' audio never counted

@@ -1,7 +1,7 @@
 import json
 import math
 
-from borealis.metrics import average_wer, normalize_text, wer_table, word_errors, write_report
+from borealis.metrics import average_wer, normalize_text, rtfx, wer_table, word_errors, write_report
 
 
 def test_normalisation_folds_case_punctuation_and_yo():
@@ -26,3 +26,13 @@ def test_table_and_report(tmp_path):
     assert table.splitlines()[0].split(" | ")[-1].strip() == "Avg"
     assert "10.00" in table.splitlines()[-1]
     assert math.isnan(average_wer({}))
+
+
+def test_report_carries_the_speed(tmp_path):
+    per = {"demo_en": {"wer": 0.1, "errors": 1, "words": 10, "samples": 2, "audio_seconds": 3.0, "seconds": 0.5,
+                       "rtfx": rtfx(3.0, 0.5)}}
+    report = write_report(tmp_path / "wer.json", "last.ckpt", per, {"audio_seconds": 3.0, "seconds": 0.6,
+                                                                     "rtfx": rtfx(3.0, 0.6)})
+    saved = json.loads((tmp_path / "wer.json").read_text())
+    assert saved == report and saved["benchmarks"]["demo_en"]["rtfx"] == 6.0 and saved["rtfx"] == 5.0
+    assert math.isnan(rtfx(3.0, 0.0))
