@@ -639,6 +639,9 @@ class BorealisDataModule(L.LightningDataModule):
         min_seconds: drop shorter training clips.
         max_seconds: drop longer training clips (the encoder window is 30 s).
         num_workers: DataLoader worker processes per rank.
+        val_num_workers: worker processes of the validation and predict loaders (null: as
+            num_workers). 0 reads benchmarks in the main process: on a small CPU machine a
+            worker competes with the model for the cores (decoding a benchmark is cheap).
         seed: base seed of every shuffle, mixture and augmentation draw.
         augmentation: the augmentation curriculum (stages of waveform effects + SpecAugment);
             null trains on clean audio. `callbacks.AugmentationScheduler` switches its stages.
@@ -649,7 +652,7 @@ class BorealisDataModule(L.LightningDataModule):
                  val_sets: dict[str, str] | None = None, predict_sets: dict[str, str] | None = None,
                  batching: Batching | None = None, val_batching: Batching | None = None,
                  batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
-                 max_seconds: float = 30.0, num_workers: int = 2, seed: int = 0,
+                 max_seconds: float = 30.0, num_workers: int = 2, val_num_workers: int | None = None, seed: int = 0,
                  augmentation: AugmentationPipeline | None = None, prompt_builder: PromptBuilder | None = None,
                  predict_files: list[str] | None = None, predict_prompt: str | None = None,
                  predict_language: str | None = None, predict_overlap: float | None = None,
@@ -672,6 +675,9 @@ class BorealisDataModule(L.LightningDataModule):
         self.batches_per_epoch, self.shuffle_buffer = batches_per_epoch, shuffle_buffer
         self.min_seconds, self.max_seconds = min_seconds, max_seconds
         self.num_workers, self.seed = num_workers, seed
+        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
+        if min(num_workers, self.val_num_workers) < 0:
+            raise ValueError(f"num_workers and val_num_workers must be >= 0, got {num_workers} and {val_num_workers}")
         self.augmentation = augmentation
         self.prompt_builder = prompt_builder
         self.train_stream: MixtureStream | None = None
@@ -757,7 +763,7 @@ class BorealisDataModule(L.LightningDataModule):
             self.train_stream.set_epoch(epoch)
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
-        return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        return DataLoader(dataset, num_workers=self.val_num_workers, persistent_workers=self.val_num_workers > 0,
                           pin_memory=torch.cuda.is_available(), **kwargs)
 
     def _progress(self) -> tuple[bool, int]:
