@@ -5,7 +5,7 @@ its own FSDP unit (the adapter, embeddings and norms share the root unit), recom
 decoder layers' activations in backward, and keeps `use_orig_params=True`, so the frozen base
 and the LoRA factors of one layer can share a unit and AdamW holds the original trainable
 parameters only (`BorealisLightningModule.configure_optimizers` picks `requires_grad` ones).
-Select it with the `configs/fsdp.yaml` overlay; the layer classes are typed import paths, so
+Select it with the `configs/distributed/fsdp.yaml` overlay; the layer classes are typed import paths, so
 a typo fails when the config is parsed, before any weight loads.
 
 Why a subclass: `class_path: lightning.pytorch.strategies.FSDPStrategy` can express the layer
@@ -205,5 +205,5 @@ def _check_dtypes(model: nn.Module) -> None:
         trainable = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})
         raise ValueError(f"BorealisFSDPStrategy: the model holds weights of several dtypes (frozen: {frozen}, "
                          f"trainable: {trainable}), but FSDP keeps one dtype per unit. Set model.base_dtype: "
-                         f"float32 (configs/fsdp.yaml does): FSDP shards the fp32 weights over the ranks and "
+                         f"float32 (configs/distributed/fsdp.yaml does): FSDP shards the fp32 weights over the ranks and "
                          f"trainer.precision: bf16-mixed computes in bf16")
