@@ -88,7 +88,7 @@ class WhisperLogMel(nn.Module):
         elif s > want:
             waveforms = waveforms[:, :want]
         stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
-        power = (stft.real.square() + stft.imag.square())[..., :-1].contiguous()  # (B, F, T) |X|^2, no sqrt; drop the extra centre frame
+        power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, F, T): drop the extra centre frame
         mel = self.mel_filters @ power  # (B, M, T)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)

@@ -115,6 +115,7 @@ class Throughput(L.Callback):
         self._peak: float | None = None
         self._config = None
         self._frames = None  # model.encoder_frames, where the model has it
+        self._label_only = True  # the module trains with model.loss (label_logits_only)
         self._win, self._total = _Tally(), _Tally()
         self._lengths: list[int] = []  # the window's row lengths (non-pad tokens)
         self._clips: Counter = Counter()  # the window's clips by encoder frames (None: the full window)
@@ -133,6 +134,8 @@ class Throughput(L.Callback):
         model = getattr(pl_module, "model", None)
         self._config = getattr(model, "config", None)
         self._frames = getattr(model, "encoder_frames", None)
+        # the LM head runs on the labelled positions only, unless the module says otherwise
+        self._label_only = bool(getattr(pl_module, "hparams", {}).get("label_logits_only", True))
         self._win, self._total = _Tally(), _Tally()
         self._lengths, self._clips, self._labels = [], Counter(), 0
         self.summary = {}
@@ -205,7 +208,8 @@ class Throughput(L.Callback):
         if self._config is not None:
             # step_flops is additive over rows and over clips: one call for all rows, one per clip length
             # the LM head runs on the labelled positions only (`BorealisForConditionalGeneration.loss`)
-            w.flops = step_flops(self._config, self._lengths, 0, label_tokens=self._labels).total + sum(
+            labels = self._labels if self._label_only else None
+            w.flops = step_flops(self._config, self._lengths, 0, label_tokens=labels).total + sum(
                 step_flops(self._config, [], n, frames).total for frames, n in self._clips.items())
         self._total.add(w)
         if w.batches and trainer.loggers:

@@ -37,6 +37,13 @@ def test_tiny_cpu_run_reports_every_variant(tmp_path, capsys):
     assert rows["short_trim"]["flops_per_step"] < rows["short"]["flops_per_step"]
     assert rows["short_trim"]["flops_by_part"]["encoder"] == rows["short"]["flops_by_part"]["encoder"]
     assert rows["grad_ckpt"]["flops_per_step"] == rows["baseline"]["flops_per_step"]  # recompute is not counted
+    # FSDP as the overlay trains (one rank, gloo): the same model FLOPs; its process group is gone again
+    assert rows["fsdp"]["flops_per_step"] == rows["baseline"]["flops_per_step"]
+    assert rows["fsdp"]["trainable_params"] == rows["baseline"]["trainable_params"]
+    assert not torch.distributed.is_initialized()
+    wrapped, checkpointed = bench.fsdp_layers()
+    assert {c.__name__ for c in wrapped} == {"WhisperEncoderLayer", "Qwen3DecoderLayer"}
+    assert {c.__name__ for c in checkpointed} == {"Qwen3DecoderLayer"}
     stdout = capsys.readouterr().out
     assert "short_trim" in stdout and "speed-up vs baseline" in stdout
 

@@ -51,10 +51,15 @@ Variants, in order (`--variants` picks a subset; the first one run is the baseli
     grad_ckpt   baseline + activation checkpointing of the LLM's decoder layers: its forward
                 runs twice, for activation memory of roughly one layer instead of all 36.
                 Skipped if the LLM does not support it.
+    fsdp        baseline under FSDP as `configs/distributed/fsdp.yaml` trains it (its layer
+                lists are read from there), in one process (world size 1): a unit per
+                Whisper/Qwen3 layer, activation checkpointing on the decoder layers, fp32
+                weights (FSDP's one dtype per unit) computed and reduced in bf16. The issue's
+                "it_fresh shapes with FSDP on 1 GPU" row: `--variants fsdp`.
 
 One step, as Lightning runs it with `precision: bf16-mixed` and `gradient_clip_val: 1.0`:
-forward under `torch.autocast(bfloat16)`, backward, clip the grad norm to 1, AdamW step over
-the trainable parameters, zero_grad. Frozen weights are bf16 and trainable ones (LoRA +
+`model.loss` (the LM head on the labelled positions) under `torch.autocast(bfloat16)`,
+backward, clip the grad norm to 1, AdamW step over the trainable parameters, zero_grad. Frozen weights are bf16 and trainable ones (LoRA +
 adapter) float32, as `BorealisLightningModule.configure_model` leaves them with
 `base_dtype: bfloat16`. Every row is one fixed batch of equal-length rows (no padding), built
 on the device; data loading is not measured. With it_fresh's `accumulate_grad_batches: 16` the
@@ -128,6 +133,7 @@ class Variant:
     seconds: float
     trim_audio_tokens: bool
     gradient_checkpointing: bool = False
+    fsdp: bool = False
 
 
 def make_variants(seconds: float, short_seconds: float) -> list[Variant]:
@@ -138,6 +144,7 @@ def make_variants(seconds: float, short_seconds: float) -> list[Variant]:
         Variant("short", short_seconds, trim_audio_tokens=False),
         Variant("short_trim", short_seconds, trim_audio_tokens=True),
         Variant("grad_ckpt", seconds, trim_audio_tokens=False, gradient_checkpointing=True),
+        Variant("fsdp", seconds, trim_audio_tokens=False, fsdp=True),
     ]
 
 
@@ -177,15 +184,16 @@ def tiny_config(trim_audio_tokens: bool) -> BorealisConfig:
 
 
 # ---------------------------------------------------------------------- model and batch
-def build_model(config: BorealisConfig, device: torch.device) -> BorealisForConditionalGeneration:
-    """Random-weight Borealis on `device`: frozen weights bf16, trainable ones float32."""
+def build_model(config: BorealisConfig, device: torch.device,
+                base_dtype: torch.dtype = torch.bfloat16) -> BorealisForConditionalGeneration:
+    """Random-weight Borealis on `device`: frozen weights in `base_dtype`, trainable ones float32."""
     torch.manual_seed(0)
     with device:
         model = BorealisForConditionalGeneration(config)
     model.to(device)  # the log-mel filter bank comes from numpy, on the CPU, whatever the device context
     for param in model.parameters():
         if not param.requires_grad:  # buffers (mel filters, rotary) stay float32, as from_pretrained leaves them
-            param.data = param.data.to(torch.bfloat16)
+            param.data = param.data.to(base_dtype)
     model.train()
     counts = matmul_params(config)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -245,15 +253,76 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TrainingLoss(torch.nn.Module):
+    """The FSDP root: its forward is the training step's `model.loss`, as Lightning's FSDP root
+    (the LightningModule) runs `training_step`; so the root unit's weights (adapter,
+    embeddings, LM head) are gathered and cast for it."""
+
+    def __init__(self, model: BorealisForConditionalGeneration) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model.loss(**batch)
+
+
+def fsdp_layers(path: Path = REPO_ROOT / "configs" / "distributed" / "fsdp.yaml") -> tuple[set, set]:
+    """(wrapped, checkpointed) layer classes, read from the FSDP overlay so the two stay the same."""
+    import importlib
+
+    import yaml
+
+    init = yaml.safe_load(path.read_text())["trainer"]["strategy"]["init_args"]
+
+    def load(name: str):
+        module, _, cls = name.rpartition(".")
+        return getattr(importlib.import_module(module), cls)
+
+    return {load(n) for n in init["wrap_layers"]}, {load(n) for n in init["checkpoint_layers"]}
+
+
+def wrap_fsdp(model: BorealisForConditionalGeneration, device: torch.device) -> torch.nn.Module:
+    """`model` under FSDP as configs/distributed/fsdp.yaml trains it, in this one process: a unit
+    per encoder/decoder layer, activation checkpointing on the decoder layers, bf16 compute
+    and reduction with float32 buffers, `use_orig_params`. One rank: nothing is sharded, but
+    every unit is gathered, cast and freed as on 8."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing,
+                                                                             checkpoint_wrapper)
+    from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    if not dist.is_initialized():
+        import socket
+
+        with socket.socket() as sock:  # a free port for the one-rank group
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                rank=0, world_size=1)
+    wrapped, checkpointed = fsdp_layers()
+    root = FullyShardedDataParallel(
+        TrainingLoss(model), auto_wrap_policy=ModuleWrapPolicy(wrapped), use_orig_params=True, device_id=device,
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        mixed_precision=MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16,
+                                       buffer_dtype=torch.float32))
+    apply_activation_checkpointing(root, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                   check_fn=lambda m: isinstance(m, tuple(checkpointed)))
+    return root
+
+
 def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device) -> dict:
     """Build, warm up and time one variant; returns its row (timings None on meta)."""
     config = (tiny_config if args.tiny else flagship_config)(variant.trim_audio_tokens)
     audio_tokens, length = batch_geometry(config, variant.seconds, args.text_tokens)
-    flops = step_flops(config, [length] * args.batch_size, args.batch_size)
+    # the LM head runs on the labelled positions (transcript + <|im_end|>; `model.loss`, the training step)
+    flops = step_flops(config, [length] * args.batch_size, args.batch_size,
+                       label_tokens=args.batch_size * (args.text_tokens + 1))
     row = {"variant": variant.name, **asdict(variant), "batch_size": args.batch_size,
            "audio_tokens_per_row": audio_tokens, "llm_tokens_per_row": length,
            "flops_per_step": flops.total, "flops_by_part": asdict(flops), "status": "ok"}
-    model = build_model(config, device)
+    # FSDP flattens each unit into one dtype: the frozen base joins the fp32 LoRA (the overlay's base_dtype)
+    model = build_model(config, device, torch.float32 if variant.fsdp else torch.bfloat16)
     row["total_params"] = sum(p.numel() for p in model.parameters())
     row["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     row["attn_implementation"] = getattr(model.llm.config, "_attn_implementation", None)
@@ -261,9 +330,11 @@ def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device
         return {**row, "status": "skipped: the LLM does not support gradient checkpointing"}
     if device.type == "meta":
         return {**row, "status": "planned (meta: no timing)"}
-    params = [p for p in model.parameters() if p.requires_grad]
+    root = wrap_fsdp(model, device) if variant.fsdp else None
+    params = [p for p in (root or model).parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
     batch = synthetic_batch(config, args.batch_size, variant.seconds, args.text_tokens, device)
+    assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == args.batch_size * (args.text_tokens + 1)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -271,10 +342,15 @@ def run_variant(variant: Variant, args: argparse.Namespace, device: torch.device
     for step in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        if root is not None:  # MixedPrecision casts the gathered weights to bf16
+            loss = root(batch)
+            loss.backward()
+            root.clip_grad_norm_(GRAD_CLIP)
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = model.loss(**batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
@@ -307,6 +383,8 @@ def measure(variant: Variant, args: argparse.Namespace, device: torch.device) ->
         return {"variant": variant.name, **asdict(variant), "batch_size": args.batch_size,
                 "status": f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
     finally:  # the model and optimizer were locals of run_variant: collect them before the next build
+        if variant.fsdp and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -91,7 +91,7 @@ class WhisperLogMel(nn.Module):
             waveforms = waveforms[:, :want]
         # .float(): the buffers follow a model-wide .to(bfloat16); the spectrogram stays float32
         stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window.float(), return_complex=True)
-        power = (stft.real.square() + stft.imag.square())[..., :-1].contiguous()  # (B, F, T) |X|^2, no sqrt; drop the extra centre frame
+        power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, F, T): drop the extra centre frame
         mel = self.mel_filters.float() @ power  # (B, M, T)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
