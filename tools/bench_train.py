@@ -31,7 +31,7 @@ past the end of their clip: real tokens to the LLM, but silence), enc pad % (enc
 past the end of each clip), GFLOP (`flops.step_flops`, useful work only), samples/s, audio-s/s,
 tok/s (non-pad LLM tokens), speed-up. Then LLM tokens per sample with and without trimming,
 for the demo samples (real prompts) and for a LibriSpeech-like duration distribution through
-the flagship geometry (see LIBRISPEECH_MEAN). Cost: ~2 minutes on 2 quiet cores (480 samples).
+the flagship geometry (see LIBRISPEECH_MEAN). Cost: ~1 minute on 2 quiet cores (480 samples).
 
 --shape flagship / tiny: builds Borealis at the flagship shapes of `configs/it_fresh.yaml` (Whisper-large-v3
 encoder, frozen -> 4x stacking -> 19.7M adapter -> Qwen3-4B with LoRA r=256, alpha=512 on all
