@@ -10,11 +10,11 @@
 * Damaged training data (see `data.MixtureStream`) is logged as totals so far over all ranks:
   `train/skipped_samples`, `train/lost_samples`, `train/unreadable_shards`,
   `train/damaged_shards`. The totals are all-reduced only on the steps the logger writes.
-* Validation generates greedily in batches (KV cache), duration-sorted by `data.RankBatches`,
-  and sums word errors, reference words and audio seconds per benchmark; pad rows are never
-  counted. It also reports its speed, RTFx = audio seconds / wall seconds of generation, per
-  benchmark (the time of its dataloader's steps, data waits included) and overall (epoch start
-  to end): `val/rtfx`, `val/rtfx/<name>` and wer.json. The sums and each rank's wall times
+* Validation generates greedily in batches (KV cache, the prompts' shared prefix prefilled once),
+  duration-sorted by `data.RankBatches`, and sums word errors, reference words and audio
+  seconds per benchmark; pad rows are never counted. It also reports its speed, RTFx = audio
+  seconds / wall seconds of generation, per benchmark (the time of its dataloader's steps, data
+  waits included) and overall (epoch start to end): `val/rtfx`, `val/rtfx/<name>` and wer.json. The sums and each rank's wall times
   travel in one all-gather per epoch: sums add, so the WER is exact across ranks; wall times
   take the max (the slowest rank). tools/bench_validate.py compares it with one-by-one
   generation (figures in BENCHMARKS.md).

@@ -99,6 +99,8 @@ class PromptBuilder:
         system_prompt: system turn prepended to chats that have none ("" for none).
     """
 
+    CACHED_TEXTS = 4096  # distinct segment texts `_tok` keeps
+
     def __init__(self, tokenizer, *, downsample_factor: int = 4, max_source_positions: int = 1500,
                  trim_audio_tokens: bool = True, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
         self.tokenizer = tokenizer
@@ -112,13 +114,23 @@ class PromptBuilder:
         if self.eos_token_id is None or self.eos_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {IM_END!r} token; Borealis prompts are ChatML")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self._ids: dict[str, tuple[int, ...]] = {}  # `_tok`'s cache
 
     def num_audio_tokens(self, num_samples):
         return num_audio_tokens(num_samples, downsample_factor=self.downsample_factor,
                                 max_source_positions=self.max_source_positions, trim=self.trim_audio_tokens)
 
     def _tok(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        """Ids of each text, tokenised on its own; repeated texts (role headers, system turns,
+        instructions) come from a bounded cache, so a benchmark's prompts cost one lookup each."""
+        found = {t: self._ids.get(t) for t in texts}
+        missing = [t for t, ids in found.items() if ids is None]
+        if missing:
+            for text, ids in zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"]):
+                if len(self._ids) >= self.CACHED_TEXTS:
+                    del self._ids[next(iter(self._ids))]  # oldest first
+                self._ids[text] = found[text] = tuple(ids)
+        return [list(found[t]) for t in texts]
 
     def encode(self, messages: Sequence[dict[str, str]], *, num_samples: int | None = None,
                generation: bool = False) -> EncodedPrompt:

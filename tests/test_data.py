@@ -142,3 +142,18 @@ def test_pool_start_epoch_reaches_persistent_workers(pools, prompts):
     assert set(seen[1]) == {"a", "b"} and seen[1]["b"] > 4
     with pytest.raises(ValueError, match="no training pool starts at epoch 0"):
         MixtureStream([Pool("b", str(pools / "b"), start_epoch=1)], prompts, Batching(batch_size=4))
+
+
+def test_prompt_token_cache_is_bounded_and_changes_no_ids(prompts, monkeypatch):
+    """`PromptBuilder._tok` caches segment ids; with a 3-entry cache that keeps evicting, every chat
+    must still encode to what the tokenizer gives, segment by segment."""
+    monkeypatch.setattr(PromptBuilder, "CACHED_TEXTS", 3)
+    fresh = PromptBuilder(prompts.tokenizer, downsample_factor=4, max_source_positions=100)
+    for i in range(12):
+        chat = [{"role": "user", "content": f"say {i % 4}"}, {"role": "assistant", "content": f"{i} {i * 7}"}]
+        got = fresh.encode(chat)
+        segments = ["<|im_start|>system\n", fresh.system_prompt + "<|im_end|>", "\n", "<|im_start|>user\n",
+                    f"say {i % 4}<|im_end|>", "\n", "<|im_start|>assistant\n", f"{i} {i * 7}<|im_end|>", "\n"]
+        want = [t for ids in prompts.tokenizer(segments, add_special_tokens=False)["input_ids"] for t in ids]
+        assert got.input_ids == want
+        assert len(fresh._ids) <= 3

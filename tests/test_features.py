@@ -25,3 +25,19 @@ def test_logmel_matches_whisper_feature_extractor(mels, positions):
     got = ours(batch, lengths).numpy()
     assert got.shape == ref.shape == (3, mels, 2 * positions)
     assert np.abs(got - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("num_frames", [None, 96])
+def test_logmel_transforms_only_frames_with_audio_and_stays_bit_identical(num_frames):
+    """A batch narrower than the window skips the all-zero frames; the features must equal the
+    whole window's bit for bit (the same input zero-padded to the full window transforms every frame)."""
+    ours = WhisperLogMel(num_mel_bins=80, max_source_positions=150)  # 300 frames, 48,000 samples
+    gen = torch.Generator().manual_seed(0)
+    for width in (800, 12_345, 15_000, 47_700, 48_000):
+        lengths = torch.tensor([width, width // 2, 1])
+        batch = torch.randn(3, width, generator=gen) * 0.1
+        full = torch.nn.functional.pad(batch, (0, ours.num_samples - width))
+        frames = num_frames if num_frames is None or width <= num_frames * 160 else None
+        got, want = ours(batch, lengths, frames), ours(full, lengths, frames)
+        assert got.shape == want.shape == (3, 80, frames or 300)
+        assert torch.equal(got, want), f"width {width}: max diff {(got - want).abs().max()}"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
+from borealis.modeling import BorealisForConditionalGeneration, LoraSettings, shared_prefix_length
 from borealis.prompts import AUDIO_PLACEHOLDER, IGNORE_INDEX, num_audio_tokens
 
 SR = 16000
@@ -151,6 +151,40 @@ def test_batched_generate_equals_one_by_one(tiny_model):
         n = single.shape[1]
         assert batched[i, :n].tolist() == single[0].tolist()
     assert isinstance(model.decode(batched[0]), str)
+
+
+def test_shared_prompt_prefix_is_prefilled_once_with_the_same_result(tiny_model):
+    """Batched generation prefills the rows' common prefix once (a KV cache copied to every row);
+    the scores of every step must match generation without it, and so must the greedy tokens."""
+    model = tiny_model.eval()
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.normal_(std=0.5)
+    g = torch.Generator().manual_seed(2)
+    clips = [torch.randn(int(s * SR), generator=g) * 0.1 for s in (0.4, 1.3, 0.9, 0.2)]
+    ids, mask, waves, lengths = model._client_batch(clips, f"Describe. {AUDIO_PLACEHOLDER}", "Be brief.")
+    p, start = shared_prefix_length(ids, mask, model.config.audio_token_id)
+    first_audio = int((ids[0] == model.config.audio_token_id).nonzero()[0])
+    assert p == first_audio - int(start[0]) > 0  # the system turn and instruction up to the audio
+    kwargs = dict(input_ids=ids, attention_mask=mask, waveforms=waves, audio_lengths=lengths, max_new_tokens=5,
+                  output_scores=True, return_dict_in_generate=True)
+    shared, plain = model.generate(**kwargs), model.generate(**kwargs, cache=None)  # cache=None: no prefix reuse
+    assert shared.sequences.tolist() == plain.sequences.tolist()
+    for a, b in zip(shared.scores, plain.scores, strict=True):
+        assert (a - b).abs().max() < 1e-4 * b.abs().max()
+
+
+def test_shared_prefix_length_rules():
+    audio = 9
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    ids = torch.tensor([[0, 5, 6, 9, 7], [5, 6, 8, 9, 7]])
+    assert shared_prefix_length(ids, mask, audio)[0] == 2  # 5 6, then the rows part
+    same = torch.tensor([[0, 5, 6, 9, 7], [5, 6, 6, 9, 7]])
+    assert shared_prefix_length(same, mask, audio)[0] == 2  # 5 6, then row 0's audio slot ends it
+    twins = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    assert shared_prefix_length(twins, torch.ones(2, 3, dtype=torch.long), audio)[0] == 2  # each row keeps 1 token
+    right_padded = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert shared_prefix_length(ids, right_padded, audio)[0] == 0
 
 
 def test_overfit_one_batch(tiny_parts):
