@@ -43,7 +43,7 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
     ckpt = _checkpoint(tmp_path / "last.ckpt", tiny_parts)
     out = tmp_path / "bench.json"
     code = load_tool("bench_validate").main([
-        "--config", str(DEMO), "--ckpt_path", str(ckpt), "--limit", "5", "--json", str(out), "--",
+        "--config", str(DEMO), "--ckpt_path", str(ckpt), "--limit", "5", "--repeats", "2", "--json", str(out), "--",
         "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
         "--trainer.precision", "32-true", "--data.val_batching", json.dumps({"batch_size": 2}),
         "--data.val_sets", json.dumps({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")})])
@@ -68,12 +68,19 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
         assert o[mode]["seconds"] >= sum(r[mode]["seconds"] for r in rows) - 1e-6
         assert o[mode]["rtfx"] == pytest.approx(o["audio_seconds"] / o[mode]["seconds"])
     assert o["ratio"] == pytest.approx(o["batched"]["rtfx"] / o["single"]["rtfx"])
+    rounds = result["rounds"]  # 2 alternating rounds; each mode reports its median (here the faster) round
+    assert result["repeats"] == 2 and len(rounds["ratio"]) == 2
+    for mode in ("batched", "single"):
+        assert o[mode]["seconds"] == min(rounds["seconds"][mode])
+        assert rounds["unstable"][mode] == 0  # greedy decoding repeats itself
+    assert rounds["ratio"] == pytest.approx([s / b for b, s in zip(*(rounds["seconds"][m] for m in ("batched", "single")))])
 
 
 def test_bench_validate_missing_inputs(tmp_path, capsys):
     tool = load_tool("bench_validate")
     assert tool.main(["--config", str(DEMO), "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
     assert "not found: --ckpt_path" in capsys.readouterr().err
-    assert tool.main(["--config", str(tmp_path / "none.yaml"), "--ckpt_path", str(DEMO), "--limit", "0"]) == 2
+    assert tool.main(["--config", str(tmp_path / "none.yaml"), "--ckpt_path", str(DEMO), "--limit", "0",
+                      "--repeats", "0"]) == 2
     err = capsys.readouterr().err
-    assert "not found: --config" in err and "--limit must be >= 1" in err
+    assert "not found: --config" in err and "--limit must be >= 1" in err and "--repeats must be >= 1" in err

@@ -3,6 +3,7 @@
 What:
     python tools/bench_validate.py --config configs/demo.yaml --ckpt_path demo/runs/checkpoints/last.ckpt
     python tools/bench_validate.py ... --limit 50 --json out.json   # 50 samples per benchmark: a quick run
+    python tools/bench_validate.py ... --repeats 5                  # 5 alternating rounds (default 3)
     python tools/bench_validate.py ... -- --data.num_workers 2      # more `borealis validate` options after --
 
 Builds the real CLI objects once (`BorealisCLI(run=False)`: model, DataModule, Trainer) and
@@ -14,7 +15,11 @@ samples, audio seconds, wall seconds of generation and RTFx = audio seconds / wa
 It prints them for both modes with the ratio batched / one by one, and each mode's WER with
 the number of hypotheses that differ (greedy decoding: batching changes only the padding, so
 a few may flip through float rounding, no more). `--warmup N` first runs N untimed batches
-per benchmark, so one-time costs (thread pools, allocator) fall on neither mode.
+per benchmark, so one-time costs (thread pools, allocator) fall on neither mode. `--repeats N`
+runs N rounds of (batched, one by one), alternating so that a drift in the machine's speed
+(a shared VM's varies by ~20% over minutes) falls on both modes; each mode's figures are those
+of its median round by wall time (the faster middle one for an even N), and the ratio of
+each round is printed as well.
 
 The model options come from the config(s) (later wins), not from the checkpoint's stored
 hyper-parameters: give the config the checkpoint was trained with (a mismatched architecture
@@ -24,8 +29,8 @@ Why: issue 7 asks for faster validation, measured: RTFx and its ratio against on
 generation, target >= 4x. Wall time is the figure, so note what else runs on the machine
 (the load average before and after is printed and written).
 
-Cost: one model load and two passes over the benchmarks; the demo (450 clips, 553 s of
-audio) takes ~20 s on 2 CPU cores, most of it one by one.
+Cost: one model load and two passes over the benchmarks per round; the demo (450 clips, 553 s
+of audio) takes ~12 s a round on 2 CPU cores, most of it one by one.
 """
 
 from __future__ import annotations
@@ -155,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_path", type=Path, required=True, help="the checkpoint to validate")
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each benchmark (quick run)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches per benchmark before measuring")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of (batched, one by one); each mode reports its median round")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("extra", nargs="*", help="more `borealis validate` options, after `--` (e.g. -- "
                                                  "--data.num_workers 2)")
@@ -167,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     missing = [f"--config {c}" for c in args.config if not c.is_file()]
     missing += [f"--ckpt_path {args.ckpt_path}"] if not args.ckpt_path.is_file() else []
-    bad = [f"--{k} must be >= {low}, got {v}" for k, v, low in (("limit", args.limit, 1), ("warmup", args.warmup, 0))
+    bad = [f"--{k} must be >= {low}, got {v}" for k, v, low in
+           (("limit", args.limit, 1), ("warmup", args.warmup, 0), ("repeats", args.repeats, 1))
            if v is not None and v < low]
     if missing or bad:
         print("bench_validate: error: " + "; ".join([*(f"not found: {m}" for m in missing), *bad]), file=sys.stderr)
@@ -178,21 +186,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_benchmarks(cli.datamodule, args.limit)
     names = list(cli.datamodule.val_sets)
     modes = {"batched": cli.datamodule.val_batching, "single": Batching(batch_size=1)}
-    reports, hyps, outer = {}, {}, {}
+    rounds: dict[str, list] = {m: [] for m in MODES}  # (wer.json, hypotheses, outer seconds) per round
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as tmp:
         if args.warmup:
             validate(cli, args.ckpt_path, modes["batched"], Path(tmp) / "warmup", max_batches=args.warmup)
-        for mode, batching in modes.items():
-            reports[mode], hyps[mode], outer[mode] = validate(cli, args.ckpt_path, batching, Path(tmp) / mode)
+        for r in range(args.repeats):
+            for mode, batching in modes.items():
+                rounds[mode].append(validate(cli, args.ckpt_path, batching, Path(tmp) / f"{mode}_{r}"))
     for mode in MODES:
-        if hyps[mode].repeated:
-            raise RuntimeError(f"{mode}: {hyps[mode].repeated} rows were scored more than once")
+        for _, hyp, _ in rounds[mode]:
+            if hyp.repeated:
+                raise RuntimeError(f"{mode}: {hyp.repeated} rows were scored more than once")
+    median = {m: sorted(rounds[m], key=lambda run: run[0]["seconds"])[(args.repeats - 1) // 2] for m in MODES}
+    reports, hyps, outer = ({m: median[m][i] for m in MODES} for i in range(3))
     result = {"config": [str(c) for c in args.config], "ckpt_path": str(args.ckpt_path), "limit": args.limit,
-              "warmup": args.warmup, "batching": {m: _describe(b) for m, b in modes.items()},
+              "warmup": args.warmup, "repeats": args.repeats, "batching": {m: _describe(b) for m, b in modes.items()},
               "validate_seconds": outer, "load_average": {"before": load_before, "after": os.getloadavg()},
+              "rounds": {"seconds": {m: [run[0]["seconds"] for run in rounds[m]] for m in MODES},
+                         "ratio": [s["seconds"] / b["seconds"] for (b, _, _), (s, _, _)
+                                   in zip(rounds["batched"], rounds["single"])],
+                         # hypotheses that change between a mode's rounds (greedy decoding: 0 where deterministic)
+                         "unstable": {m: sum(hyp.rows.get(key) != first for _, hyp, _ in rounds[m][1:]
+                                             for key, first in rounds[m][0][1].rows.items()) for m in MODES}},
               **compare(reports, hyps, names)}
     print_table(result)
     o = result["overall"]
+    print(f"rounds (batched / one by one, alternating): ratio "
+          f"{', '.join(f'{x:.2f}x' for x in result['rounds']['ratio'])}; the table shows each mode's median round"
+          + "".join(f"; {m}: {n} hypotheses changed between rounds" for m, n in result["rounds"]["unstable"].items() if n))
     print(f"load average (1, 5, 15 min) before {', '.join(f'{x:.2f}' for x in load_before)}; "
           f"after {', '.join(f'{x:.2f}' for x in result['load_average']['after'])}")
     print(f"bench_validate: RTFx {o['batched']['rtfx']:.1f} batched ({result['batching']['batched']}) vs "
