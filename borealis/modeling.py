@@ -428,10 +428,11 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         Returns (embeds, attention_mask, cache) for `generate`; cache None (inputs unchanged)
         for one row, a batch that is not left-padded, or no shared prefix.
         """
-        p, start = shared_prefix_length(input_ids, attention_mask, self.config.audio_token_id)
-        if input_ids.shape[0] == 1 or p == 0:
-            return embeds, attention_mask, None
         rows, width = input_ids.shape
+        p, start = (0, None) if rows == 1 else shared_prefix_length(input_ids, attention_mask,
+                                                                     self.config.audio_token_id)
+        if p == 0:
+            return embeds, attention_mask, None
         first = int(start[0])
         prefix = embeds[:1, first:first + p]  # (1, P, H)
         cache = self.llm(inputs_embeds=prefix, use_cache=True).cache

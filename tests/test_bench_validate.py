@@ -73,6 +73,11 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
     for mode in ("batched", "single"):
         assert o[mode]["seconds"] == min(rounds["seconds"][mode])
         assert rounds["unstable"][mode] == 0  # greedy decoding repeats itself
+    for mode in ("batched", "single"):  # the phases add up to the median round's wall time
+        phases = result["phases"][mode]
+        assert set(phases) == {"log-mel", "encoder+adapter", "shared prefix", "llm generate", "other"}
+        assert sum(phases.values()) == pytest.approx(o[mode]["seconds"])
+        assert phases["encoder+adapter"] > 0 and phases["llm generate"] > 0 and phases["other"] > 0
     assert rounds["ratio"] == pytest.approx([s / b for b, s in zip(*(rounds["seconds"][m] for m in ("batched", "single")))])
 
 

@@ -12,7 +12,8 @@ checkpoint: batched, with `data.val_batching` (duration-sorted batches, greedy g
 the KV cache), and one by one (batch_size 1, the baseline). The speed figures are the
 module's own, as every `borealis validate` writes them to wer.json: per benchmark and overall,
 samples, audio seconds, wall seconds of generation and RTFx = audio seconds / wall seconds.
-It prints them for both modes with the ratio batched / one by one, and each mode's WER with
+It prints them for both modes with the ratio batched / one by one, where the time went (log-mel,
+encoder + adapter, shared prompt prefix, the LLM's generate, other), and each mode's WER with
 the number of hypotheses that differ (greedy decoding: batching changes only the padding, so
 a few may flip through float rounding, no more). `--warmup N` first runs N untimed batches
 per benchmark, so one-time costs (thread pools, allocator) fall on neither mode. `--repeats N`
@@ -50,6 +51,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import lightning as L  # noqa: E402
+import torch  # noqa: E402
 
 import borealis  # noqa: E402
 from borealis.cli import BorealisCLI  # noqa: E402
@@ -74,6 +76,43 @@ class Hypotheses(L.Callback):
             self.rows[(dataloader_idx, key)] = hyp
 
 
+class Phases(L.Callback):
+    """Wall seconds of validation per phase, timed at Borealis's own boundaries: the log-mel, the
+    encoder + adapter, the shared prompt prefix, and the LLM's `generate` (the rest of the prefill
+    and the decoding). `other` (filled in by the caller) is the rest: data loading, scoring, the
+    loop. The model's methods are wrapped on the instance for the pass and restored after it; on a
+    GPU each timer synchronises the device, so the phases add up to the wall time."""
+
+    METHODS = (("log-mel", "log_mel"), ("encoder+adapter", "encode_audio"), ("shared prefix", "_prefill_shared_prefix"))
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys([name for name, _ in self.METHODS] + ["llm generate"], 0.0)
+        self._wrapped: list[tuple[object, str]] = []
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda: None)
+        targets = [(pl_module.model, attr, name) for name, attr in self.METHODS]
+        for obj, attr, name in [*targets, (pl_module.model.llm, "generate", "llm generate")]:
+            setattr(obj, attr, self._timed(getattr(obj, attr), name, sync))
+            self._wrapped.append((obj, attr))
+
+    def _timed(self, method, name: str, sync):
+        def timed(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                sync()
+                self.seconds[name] += time.perf_counter() - start
+        return timed
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        for obj, attr in self._wrapped:
+            delattr(obj, attr)  # the class's method again
+        self._wrapped.clear()
+
+
 def build_cli(configs: Sequence[Path], extra: Sequence[str]) -> BorealisCLI:
     """The model, DataModule and Trainer that `borealis validate --config ...` would build (no logger)."""
     args = [*(a for c in configs for a in ("--config", str(c))), "--trainer.logger", "false",
@@ -92,20 +131,24 @@ def limit_benchmarks(datamodule: BorealisDataModule, limit: int | None) -> None:
 
 
 def validate(cli: BorealisCLI, ckpt: Path, batching: Batching, report_dir: Path, *,
-             max_batches: int | None = None) -> tuple[dict, Hypotheses, float]:
-    """One `Trainer.validate` pass with `batching`; returns (its wer.json, hypotheses, outer wall seconds)."""
+             max_batches: int | None = None) -> tuple[dict, Hypotheses, float, dict[str, float]]:
+    """One `Trainer.validate` pass with `batching`; returns (its wer.json, hypotheses, outer wall
+    seconds, seconds per phase)."""
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     dm.val_batching, model.hparams.report_dir = batching, str(report_dir)
-    hyps = Hypotheses()
-    trainer.callbacks.append(hyps)
+    hyps, phases = Hypotheses(), Phases()
+    trainer.callbacks += [hyps, phases]
     limit, trainer.limit_val_batches = trainer.limit_val_batches, max_batches or trainer.limit_val_batches
     start = time.perf_counter()
     try:
         trainer.validate(model, datamodule=dm, ckpt_path=str(ckpt), verbose=False)
     finally:
         trainer.callbacks.remove(hyps)
+        trainer.callbacks.remove(phases)
         trainer.limit_val_batches = limit
-    return json.loads((report_dir / "wer.json").read_text()), hyps, time.perf_counter() - start
+    report = json.loads((report_dir / "wer.json").read_text())
+    seconds = {**phases.seconds, "other": report["seconds"] - sum(phases.seconds.values())}
+    return report, hyps, time.perf_counter() - start, seconds
 
 
 def compare(reports: dict[str, dict], hyps: dict[str, Hypotheses], names: list[str]) -> dict:
@@ -186,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_benchmarks(cli.datamodule, args.limit)
     names = list(cli.datamodule.val_sets)
     modes = {"batched": cli.datamodule.val_batching, "single": Batching(batch_size=1)}
-    rounds: dict[str, list] = {m: [] for m in MODES}  # (wer.json, hypotheses, outer seconds) per round
+    rounds: dict[str, list] = {m: [] for m in MODES}  # (wer.json, hypotheses, outer seconds, phases) per round
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as tmp:
         if args.warmup:
             validate(cli, args.ckpt_path, modes["batched"], Path(tmp) / "warmup", max_batches=args.warmup)
@@ -194,19 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode, batching in modes.items():
                 rounds[mode].append(validate(cli, args.ckpt_path, batching, Path(tmp) / f"{mode}_{r}"))
     for mode in MODES:
-        for _, hyp, _ in rounds[mode]:
+        for _, hyp, _, _ in rounds[mode]:
             if hyp.repeated:
                 raise RuntimeError(f"{mode}: {hyp.repeated} rows were scored more than once")
     median = {m: sorted(rounds[m], key=lambda run: run[0]["seconds"])[(args.repeats - 1) // 2] for m in MODES}
-    reports, hyps, outer = ({m: median[m][i] for m in MODES} for i in range(3))
+    reports, hyps, outer, phases = ({m: median[m][i] for m in MODES} for i in range(4))
     result = {"config": [str(c) for c in args.config], "ckpt_path": str(args.ckpt_path), "limit": args.limit,
               "warmup": args.warmup, "repeats": args.repeats, "batching": {m: _describe(b) for m, b in modes.items()},
-              "validate_seconds": outer, "load_average": {"before": load_before, "after": os.getloadavg()},
+              "validate_seconds": outer, "phases": phases, "load_average": {"before": load_before, "after": os.getloadavg()},
               "rounds": {"seconds": {m: [run[0]["seconds"] for run in rounds[m]] for m in MODES},
-                         "ratio": [s["seconds"] / b["seconds"] for (b, _, _), (s, _, _)
-                                   in zip(rounds["batched"], rounds["single"])],
+                         "ratio": [s[0]["seconds"] / b[0]["seconds"] for b, s in zip(rounds["batched"], rounds["single"])],
                          # hypotheses that change between a mode's rounds (greedy decoding: 0 where deterministic)
-                         "unstable": {m: sum(hyp.rows.get(key) != first for _, hyp, _ in rounds[m][1:]
+                         "unstable": {m: sum(run[1].rows.get(key) != first for run in rounds[m][1:]
                                              for key, first in rounds[m][0][1].rows.items()) for m in MODES}},
               **compare(reports, hyps, names)}
     print_table(result)
@@ -214,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"rounds (batched / one by one, alternating): ratio "
           f"{', '.join(f'{x:.2f}x' for x in result['rounds']['ratio'])}; the table shows each mode's median round"
           + "".join(f"; {m}: {n} hypotheses changed between rounds" for m, n in result["rounds"]["unstable"].items() if n))
+    for mode in MODES:
+        print(f"{mode} seconds by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in phases[mode].items()))
     print(f"load average (1, 5, 15 min) before {', '.join(f'{x:.2f}' for x in load_before)}; "
           f"after {', '.join(f'{x:.2f}' for x in result['load_average']['after'])}")
     print(f"bench_validate: RTFx {o['batched']['rtfx']:.1f} batched ({result['batching']['batched']}) vs "
