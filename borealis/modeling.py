@@ -500,9 +500,9 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     width = input_ids.shape[1]
     start = width - lengths
     columns = torch.arange(width, device=input_ids.device)
-    if not torch.equal(attention_mask.bool(), columns >= start[:, None]):
-        return 0, start
     shortest = int(lengths.min())
+    if shortest < 2 or not torch.equal(attention_mask.bool(), columns >= start[:, None]):
+        return 0, start
     aligned = input_ids.gather(1, start[:, None] + columns[:shortest])  # (B, shortest): real tokens, left-aligned
     shared = (aligned == aligned[:1]).all(0) & (aligned[0] != audio_token_id)  # (shortest,)
     return min(int(shared.int().cumprod(0).sum()), shortest - 1), start

@@ -185,6 +185,9 @@ def test_shared_prefix_length_rules():
     assert shared_prefix_length(twins, torch.ones(2, 3, dtype=torch.long), audio)[0] == 2  # each row keeps 1 token
     right_padded = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     assert shared_prefix_length(ids, right_padded, audio)[0] == 0
+    one_token = torch.tensor([[0, 0, 0, 0, 1], [1, 1, 1, 1, 1]])
+    assert shared_prefix_length(ids, one_token, audio)[0] == 0  # a row with one token has nothing to share
+    assert shared_prefix_length(ids, one_token * 0, audio)[0] == 0  # nor has an empty batch
 
 
 def test_overfit_one_batch(tiny_parts):
