@@ -435,7 +435,7 @@ class BorealisForConditionalGeneration(PreTrainedModel):
             return embeds, attention_mask, None
         first = int(start[0])
         prefix = embeds[:1, first:first + p]  # (1, P, H)
-        cache = self.llm(inputs_embeds=prefix, use_cache=True).cache
+        cache = self.llm.get_decoder()(inputs_embeds=prefix, use_cache=True).cache  # no logits: only the KV cache
         cache.batch_repeat_interleave(rows)
         embeds = torch.cat([prefix.expand(rows, -1, -1), embeds[:, p:]], dim=1)  # (B, L, H): prefix, then the rest
         rest = torch.arange(width - p, device=start.device) >= start[:, None]  # (B, L - P): a row's own tokens
@@ -483,7 +483,7 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         return [_unwrapped_name(_seed_name(n)) for n, p in self.named_parameters() if p.requires_grad]
 
 
-# ---------------------------------------------------------------------- state-dict hooks
+# ---------------------------------------------------------------------- generation
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          audio_token_id: int) -> tuple[int, torch.Tensor]:
     """Tokens every row of a left-padded batch starts with, before any audio slot.
@@ -508,6 +508,8 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return min(int(shared.int().cumprod(0).sum()), shortest - 1), start
 
 
+
+# ---------------------------------------------------------------------- state-dict hooks
 def _to_seed_names(module, state_dict, prefix, local_metadata) -> None:
     for key in [k for k in state_dict if k.startswith(prefix)]:
         new = prefix + _seed_name(key[len(prefix):])

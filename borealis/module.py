@@ -16,8 +16,8 @@
   seconds / wall seconds of generation, per benchmark (the time of its dataloader's steps, data
   waits included) and overall (epoch start to end): `val/rtfx`, `val/rtfx/<name>` and wer.json.
   The sums and each rank's wall times travel in one all-gather per epoch: sums add, so the WER
-  is exact across ranks; wall times take the max (the slowest rank). tools/bench_validate.py compares it with one-by-one
-  generation (figures in BENCHMARKS.md).
+  is exact across ranks; wall times take the max (the slowest rank). tools/bench_validate.py
+  compares it with one-by-one generation (figures in BENCHMARKS.md).
 * The training loss comes from `model.loss` (logits of the labelled positions only) unless
   `label_logits_only: false` (the causal LM's own forward, logits at every position).
 * Checkpoints hold the trainable weights (LoRA + adapter, ~0.55B at 5B shapes) plus
