@@ -91,8 +91,9 @@ class Phases(L.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         sync = torch.cuda.synchronize if pl_module.device.type == "cuda" else (lambda: None)
-        targets = [(pl_module.model, attr, name) for name, attr in self.METHODS]
-        for obj, attr, name in [*targets, (pl_module.model.llm, "generate", "llm generate")]:
+        model = pl_module.model
+        for obj, attr, name in [*((model, attr, name) for name, attr in self.METHODS),
+                                (model.llm, "generate", "llm generate")]:
             setattr(obj, attr, self._timed(getattr(obj, attr), name, sync))
             self._wrapped.append((obj, attr))
 
@@ -111,6 +112,9 @@ class Phases(L.Callback):
         for obj, attr in self._wrapped:
             delattr(obj, attr)  # the class's method again
         self._wrapped.clear()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.on_validation_end(trainer, pl_module)  # a failed pass leaves no wrapped methods behind
 
 
 def build_cli(configs: Sequence[Path], extra: Sequence[str]) -> BorealisCLI:
