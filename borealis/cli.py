@@ -32,11 +32,9 @@ that differ (a changed architecture then fails where the weights load, naming th
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 
-from jsonargparse import Namespace
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -46,6 +44,7 @@ from borealis.callbacks import AugmentationScheduler
 from borealis.checkpointing import AtomicCheckpointIO, Checkpoint
 from borealis.data import BorealisDataModule
 from borealis.module import BorealisLightningModule
+from borealis.settings import plain
 from borealis.throughput import Throughput
 
 log = logging.getLogger(__name__)
@@ -87,8 +86,8 @@ class BorealisCLI(LightningCLI):
         defaults = self._parser(sub).get_defaults().get("model")
         differ = []
         for key in vars(given):
-            mine, stored = _plain(given[key]), _plain(merged[key])
-            if mine != _plain(defaults[key] if defaults is not None and key in defaults else None):
+            mine, stored = plain(given[key]), plain(merged[key])
+            if mine != plain(defaults[key] if defaults is not None and key in defaults else None):
                 if mine != stored:
                     differ.append(f"{key}: checkpoint {stored!r}, given {mine!r}")
                 merged[key] = given[key]
@@ -110,22 +109,6 @@ class BorealisCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: no plugin was named
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
-
-
-def _plain(value):
-    """A config value as plain data, so defaults (a dataclass default is held as class_path +
-    init_args), parsed values and checkpoint values compare equal when they mean the same."""
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        if "class_path" in value and "init_args" in value:
-            value = value["init_args"] or {}
-        return {k: _plain(v) for k, v in value.items() if not k.startswith("__")}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def main(args: list[str] | None = None) -> None:

@@ -74,7 +74,7 @@ from borealis.augmentations import (
     Telephony,
 )
 from borealis.inference import WindowSet, expand_paths
-from borealis.prompts import AUDIO_PLACEHOLDER, IGNORE_INDEX, PromptBuilder, sample_messages
+from borealis.prompts import IGNORE_INDEX, PromptBuilder, chat_problem, sample_messages
 from borealis.shards import (
     SAMPLE_RATE,
     ReadErrors,
@@ -191,8 +191,7 @@ def sample_problem(meta: dict, has_audio: bool) -> str | None:
     """Why a training sample's metadata cannot be trained on, or None when it can.
 
     What: the checks `prompts.sample_messages` and `PromptBuilder.encode` would fail on, plus
-    samples that would train on nothing: `messages` must be {"role", "content"} string pairs
-    with an assistant turn and one audio placeholder for an audio sample (none without audio);
+    samples that would train on nothing: `messages` must be a valid chat (`prompts.chat_problem`);
     without `messages`, an audio sample needs a string `text` (and `language` a string or
     null), and a text-only sample is unusable.
     Why: the training stream skips and counts such a sample instead of crashing a worker.
@@ -200,17 +199,7 @@ def sample_problem(meta: dict, has_audio: bool) -> str | None:
     """
     messages = meta.get("messages")
     if messages:
-        if not isinstance(messages, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            return "'messages' is not a list of {'role': str, 'content': str}"
-        if not any(m["role"] == "assistant" for m in messages):
-            return "'messages' has no assistant turn (nothing to train on)"
-        holders = sum(m["content"].count(AUDIO_PLACEHOLDER) for m in messages)
-        if holders != int(has_audio):
-            return (f"'messages' holds {holders} audio placeholder(s) for a sample "
-                    f"{'with' if has_audio else 'without'} audio, expected {int(has_audio)}")
-        return None
+        return chat_problem(messages, has_audio=has_audio)
     if not has_audio:
         return "text-only sample without 'messages'"
     if not isinstance(meta.get("text"), str):

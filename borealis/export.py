@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from transformers import AutoTokenizer, WhisperFeatureExtractor
 
 from borealis.features import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
+from borealis.settings import merged_section, plain
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def _lora_dict(lora) -> dict | None:
         return None
     if is_dataclass(lora):
         return asdict(lora)
-    lora = dict(lora)
-    lora = dict(lora.get("init_args", {})) if "class_path" in lora else lora
+    lora = plain(dict(lora))
     try:
         return asdict(LoraSettings(**lora))
     except TypeError as err:
@@ -101,17 +100,7 @@ def _lora_dict(lora) -> dict | None:
 
 def _yaml_model_section(configs: list[Path]) -> dict:
     """The merged `model:` sections of stacked YAMLs (later files win, as `--config a --config b` in LightningCLI)."""
-    merged: dict = {}
-    for config in configs:
-        if not config.is_file():
-            raise FileNotFoundError(f"config {config} not found")
-        section = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
-        if not isinstance(section, dict):
-            raise ValueError(f"{config}: `model:` must be a mapping of the module's arguments")
-        section = dict(section.get("init_args", {})) if "class_path" in section else section
-        for key, value in section.items():
-            old = merged.get(key)
-            merged[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+    merged = merged_section(configs, "model")
     if not merged:
         raise ValueError(f"{[str(c) for c in configs]} hold no `model:` section; pass the YAML(s) used for "
                          f"`borealis fit`")

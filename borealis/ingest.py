@@ -42,14 +42,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from borealis.prompts import AUDIO_PLACEHOLDER
+from borealis.prompts import AUDIO_PLACEHOLDER, chat_problem
 from borealis.shards import ShardWriter, encode_flac, validate_key
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "build_report.json"
 MAX_EXAMPLES = 20  # rejections kept per reason in the report
-ROLES = ("system", "user", "assistant")
 # Every reason an item can be rejected for; the report counts each.
 REASONS = ("bad_json", "non_utf8", "bad_field", "missing_file", "undecodable_audio", "empty_audio", "silent_audio",
            "too_short", "too_long", "empty_text", "missing_messages", "bad_messages", "duplicate_key")
@@ -147,27 +146,12 @@ def parse_line(line: str | bytes) -> dict:
 
 
 def check_messages(messages: Any, *, with_audio: bool, key: str | None = None) -> list[dict]:
-    """Check a chat: [{"role", "content"}], at least one assistant turn, and exactly one audio
-    placeholder in a user turn for an audio sample (none without audio)."""
+    """`messages` if it is a valid chat (`prompts.chat_problem`), else a `Rejected` naming why."""
     if messages is None or messages == []:
         raise Rejected("missing_messages", "no 'messages'", key)
-    if not isinstance(messages, list):
-        raise Rejected("bad_messages", f"'messages' must be a list, got {type(messages).__name__}", key)
-    problems = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            problems.append(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
-    if problems:
-        raise Rejected("bad_messages", "; ".join(problems), key)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise Rejected("bad_messages", "no assistant turn to train on", key)
-    holders = [(i, m["role"]) for i, m in enumerate(messages) for _ in range(m["content"].count(AUDIO_PLACEHOLDER))]
-    if with_audio and (len(holders) != 1 or holders[0][1] != "user"):
-        raise Rejected("bad_messages", f"an audio sample needs exactly one {AUDIO_PLACEHOLDER!r} in a user turn, "
-                                       f"found {len(holders)} (turn, role): {holders}", key)
-    if not with_audio and holders:
-        raise Rejected("bad_messages", f"a text-only chat must not hold {AUDIO_PLACEHOLDER!r} "
-                                       f"(found in turns {[i for i, _ in holders]})", key)
+    problem = chat_problem(messages, has_audio=with_audio)
+    if problem:
+        raise Rejected("bad_messages", problem, key)
     return messages
 
 

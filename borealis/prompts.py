@@ -32,6 +32,7 @@ AUDIO_PLACEHOLDER = AUDIO_START + AUDIO_END
 AUDIO_SPECIAL_TOKENS = (AUDIO_TOKEN, AUDIO_START, AUDIO_END)
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant."
 # The instruction each ASR sample is wrapped in, by language; `default` for the rest.
@@ -40,6 +41,32 @@ ASR_PROMPTS = {
     "ru": "Расшифруй аудио.",
     "default": "Transcribe the audio.",
 }
+
+
+def chat_problem(messages, *, has_audio: bool, needs_answer: bool = True) -> str | None:
+    """Why `messages` is not a valid chat, or None when it is: the one chat rule.
+
+    A chat is a non-empty list of {"role": one of `ROLES`, "content": str}; with `needs_answer`
+    it has an assistant turn to train on; an audio sample holds exactly one `AUDIO_PLACEHOLDER`,
+    in a user turn, and a text-only chat holds none. Shard building rejects, the training
+    stream skips and `PromptBuilder.encode` raises on what this names.
+    """
+    if not isinstance(messages, list) or not messages:
+        return f"'messages' must be a non-empty list, got {type(messages).__name__}"
+    bad = [f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}"
+           for i, m in enumerate(messages)
+           if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)]
+    if bad:
+        return "; ".join(bad)
+    if needs_answer and not any(m["role"] == "assistant" for m in messages):
+        return "no assistant turn to train on"
+    holders = [(i, m["role"]) for i, m in enumerate(messages) for _ in range(m["content"].count(AUDIO_PLACEHOLDER))]
+    if has_audio and (len(holders) != 1 or holders[0][1] != "user"):
+        return (f"an audio sample needs exactly one {AUDIO_PLACEHOLDER!r} in a user turn, found {len(holders)} "
+                f"(turn, role): {holders}")
+    if not has_audio and holders:
+        return f"a text-only chat must not hold {AUDIO_PLACEHOLDER!r} (found in turns {[i for i, _ in holders]})"
+    return None
 
 
 def add_audio_tokens(tokenizer) -> dict[str, int]:

@@ -183,11 +183,16 @@ def test_sample_problem_catches_what_encoding_would_trip_on():
                                         {"role": "assistant", "content": "a"}]}, True) is None
     assert "without 'text'" in sample_problem({"language": "en"}, True)
     assert "without 'messages'" in sample_problem({"text": "hi"}, False)
-    assert "not a list" in sample_problem({"messages": "hi"}, False)
-    assert "not a list" in sample_problem({"messages": [{"role": "user"}]}, False)
+    assert "non-empty list" in sample_problem({"messages": "hi"}, False)
+    assert "must be {" in sample_problem({"messages": [{"role": "user"}]}, False)
     assert "no assistant" in sample_problem({"messages": [{"role": "user", "content": "q"}]}, False)
-    assert "placeholder" in sample_problem({"messages": [{"role": "user", "content": "q"},
+    assert "exactly one" in sample_problem({"messages": [{"role": "user", "content": "q"},
                                                          {"role": "assistant", "content": "a"}]}, True)
+    # the one chat rule (prompts.chat_problem): the placeholder belongs in a user turn, roles are ChatML's
+    assert "in a user turn" in sample_problem({"messages": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": f"a {ph}"}]}, True)
+    assert "must be {" in sample_problem({"messages": [{"role": "tool", "content": "q"},
+                                                       {"role": "assistant", "content": "a"}]}, False)
     assert "'language'" in sample_problem({"text": "hi", "language": ["en"]}, True)
 
 
