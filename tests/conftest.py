@@ -24,18 +24,10 @@ TINY_TEXT = [
 
 
 def build_tokenizer(texts=TINY_TEXT):
-    """A byte-level BPE tokenizer with Qwen's ChatML special tokens (vocab ~300)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A GPT-2-style byte-level BPE tokenizer with Qwen's ChatML special tokens (vocab ~300)."""
+    from borealis.demo.models import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return train_tokenizer(list(texts) * 4, vocab_size=320, qwen3=False)  # 4 passes over TINY_TEXT, as trained
 
 
 def run_cli(*args: str, cwd, pythonpath: str | None = None, timeout: int = 600):
@@ -55,39 +47,29 @@ def run_cli(*args: str, cwd, pythonpath: str | None = None, timeout: int = 600):
 
 
 def tiny_whisper_config(max_source_positions: int = 100):
-    from transformers import WhisperConfig
+    """The tests' Whisper: 100 positions = 200 mel frames = a 2 s window."""
+    from borealis.demo.models import WhisperSize, whisper_config
 
-    return WhisperConfig(
-        num_mel_bins=80,                 # Whisper <= v2 mel bins (large-v3 uses 128)
-        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,  # unused, kept minimal
-        max_source_positions=max_source_positions,  # 100 positions = 200 mel frames = 2 s window
-        vocab_size=64, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        decoder_start_token_id=1,
-    )
+    size = WhisperSize(
+        dim=32, layers=2, heads=2,  # 2 layers, 2 heads: the smallest that keep every code path real
+        ffn=64,  # 2 x d_model
+        mel_bins=80,  # Whisper <= v2 mel bins (large-v3 uses 128)
+        max_source_positions=max_source_positions)
+    # the unused decoder's feed-forward width 64; init 0.02: Whisper's default
+    return whisper_config(size, decoder_ffn=64, init_std=0.02)
 
 
 def tiny_qwen3_config(vocab_size: int):
-    from transformers import Qwen3Config
+    """The tests' Qwen3, with `vocab_size` embedding rows (tied)."""
+    from borealis.demo.models import Qwen3Size, qwen3_config
 
-    return Qwen3Config(
-        vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=12,  # GQA like Qwen3-4B (32q/8kv)
-        max_position_embeddings=512, tie_word_embeddings=True,
-        initializer_range=0.3,  # large enough that frozen embeddings can express confident logits (LoRA-only runs)
-    )
-
-
-def load_tool(name: str):
-    """tools/ is not a package: import one of its scripts as a module (as the scripts import each other)."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    tools = str(Path(__file__).resolve().parents[1] / "tools")
-    if tools not in sys.path:
-        sys.path.insert(0, tools)
-    return importlib.import_module(name)
+    size = Qwen3Size(
+        dim=48, ffn=96,  # hidden size divisible by the 4 heads; MLP 2 x hidden
+        layers=2,  # the smallest that keeps every code path real
+        heads=4, kv_heads=2, head_dim=12,  # GQA like Qwen3-4B (32q/8kv)
+        max_positions=512)  # a 2 s window's 25 audio slots (k=4) plus the prompt
+    # init 0.3: large enough that frozen embeddings can express confident logits (LoRA-only runs)
+    return qwen3_config(vocab_size, size, init_std=0.3)
 
 
 @pytest.fixture(scope="session")
