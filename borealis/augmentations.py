@@ -76,7 +76,14 @@ class Effect:
 
     `apply(audio, rng)` always applies it, with parameters drawn from `rng`, and records them
     in `self.last` (for tests and logs). Subclasses keep the dtype float32.
+
+    `keeps_length` declares that `apply` returns exactly as many samples as it gets. The
+    training stream relies on it: a stage of such effects cannot change a clip's size, hence
+    batch composition, so it augments only the clips it yields (`AugmentationStage.keeps_length`).
+    False unless an effect declares it.
     """
+
+    keeps_length: bool = False
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
@@ -147,6 +154,8 @@ class BackgroundNoise(Effect):
         p: probability of applying.
     """
 
+    keeps_length = True
+
     def __init__(self, pool: str, snr_db: Range = (18.0, 28.0), cache_size: int = 128, p: float = 0.5) -> None:
         super().__init__(p)
         self.pool, self.snr_db = pool, _check_range("snr_db", snr_db)
@@ -181,6 +190,8 @@ class ImpulseResponse(Effect):
         p: probability of applying.
     """
 
+    keeps_length = True
+
     def __init__(self, pool: str, cache_size: int = 128, p: float = 0.3) -> None:
         super().__init__(p)
         self.pool = pool
@@ -200,6 +211,8 @@ class ImpulseResponse(Effect):
 
 class _Audiomentations(Effect):
     """An audiomentations transform applied with p=1 under `_seeded`; parameters recorded."""
+
+    keeps_length = True  # filters and gains act sample by sample; PitchShift fits its output to the input
 
     def _run(self, audio: np.ndarray, rng: np.random.Generator, *transforms) -> np.ndarray:
         with _seeded(rng):
@@ -298,6 +311,8 @@ class ResampleRoundTrip(Effect):
         p: probability of applying.
     """
 
+    keeps_length = True
+
     def __init__(self, rate_hz: Range = (14000.0, 20000.0), p: float = 0.3) -> None:
         super().__init__(p)
         self.rate_hz = _check_range("rate_hz", rate_hz, 1000.0)
@@ -359,6 +374,8 @@ class Codec(Effect):
         p: probability of applying.
     """
 
+    keeps_length = True
+
     def __init__(self, codecs: Sequence[str] = ("mp3", "opus"), bitrate_kbps: Range = (96.0, 160.0),
                  p: float = 0.3) -> None:
         super().__init__(p)
@@ -387,6 +404,8 @@ class Clipping(Effect):
         threshold: range of the clip level, as a fraction of the peak amplitude.
         p: probability of applying.
     """
+
+    keeps_length = True
 
     def __init__(self, threshold: Range = (0.82, 0.95), p: float = 0.2) -> None:
         super().__init__(p)
@@ -428,6 +447,8 @@ class Speed(Effect):
         p: probability of applying.
     """
 
+    keeps_length = False  # the duration divides by the factor
+
     def __init__(self, factor: Range = (0.8, 1.2), p: float = 0.3) -> None:
         super().__init__(p)
         self.factor = _check_range("factor", factor, 0.1, 10.0)
@@ -452,6 +473,8 @@ class Delay(Effect):
         seconds: delay range in seconds.
         p: probability of applying.
     """
+
+    keeps_length = False  # the delay is prepended
 
     def __init__(self, seconds: Range = (0.0, 0.25), p: float = 0.5) -> None:
         super().__init__(p)
@@ -539,6 +562,11 @@ class AugmentationStage:
             raise ValueError(f"stage {name!r}: start_epoch/start_step must be >= 0")
         self.name, self.start_epoch, self.start_step = name, start_epoch, start_step
         self.effects, self.spec_augment = list(effects or []), spec_augment
+
+    @property
+    def keeps_length(self) -> bool:
+        """Whether every effect of the stage keeps a clip's length (see `Effect.keeps_length`)."""
+        return all(e.keeps_length for e in self.effects)
 
     def reached(self, epoch: int, step: int) -> bool:
         return epoch >= self.start_epoch and (self.start_step is None or step >= self.start_step)

@@ -1,15 +1,14 @@
 """Inference on audio files: read anything, cut long audio into overlapping windows, merge the text.
 
-What: `borealis predict --data.predict_files '[talk.mp3, recordings/, "clips/*.wav"]'` runs
+What: `borealis predict --data.predict.files '[talk.mp3, recordings/, "clips/*.wav"]'` runs
 the model on audio files instead of shards. `expand_paths` turns files, folders and globs
 into a sorted file list; `read_audio` decodes any soundfile format at any rate and channel
 count to 16 kHz mono, or raises `InputError` with the reason (missing, undecodable, silent,
 too short); `plan_windows` cuts audio longer than the encoder window (30 s for Whisper) into
 windows that end at the quietest 10 ms near the window's end and overlap the previous window
-by up to `overlap` seconds, starting at a quiet point too; `WindowSet` is the map-style
-dataset of every window of every file, so windows of many files share batches (sorted by
-duration, like benchmarks); `merge_texts` joins the window transcripts, dropping the words
-the overlap transcribed twice.
+by up to `overlap` seconds, starting at a quiet point too; `merge_texts` joins the window
+transcripts, dropping the words the overlap transcribed twice. `data.windows.WindowSet` serves
+the windows of every file as one dataset.
 
 Why: the seed's model card leaves "audio longer than ~30 s: caller must chunk it" to the user.
 Cutting at a quiet point keeps words whole; the overlap means a word cut anyway is heard
@@ -26,17 +25,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from glob import glob, has_magic
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
-from torch.utils.data import Dataset
 
 from borealis.corpora import AUDIO_SUFFIXES
-from borealis.prompts import AUDIO_PLACEHOLDER, PromptBuilder, asr_messages
 from borealis.shards import SAMPLE_RATE
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: a file whose peak stays below is digital silence
@@ -228,87 +224,3 @@ def merge_texts(pieces: Sequence[tuple[str, float]]) -> str:
         keep = len(words) - m + match.a + match.size  # words so far, through the shared run
         words = words[:keep] + nxt[match.b + match.size:]
     return " ".join(words)
-
-
-@dataclass
-class Window:
-    file: int  # index into WindowSet.files
-    index: int  # window number within the file
-    start: int  # samples
-    end: int
-
-
-class WindowSet(Dataset):
-    """Every window of every readable file, as encoded generation prompts.
-
-    Args:
-        files: audio paths (see `expand_paths`); unreadable ones land in `errors`.
-        prompts: the model's prompt builder.
-        window: seconds per window at most (the encoder window).
-        overlap: seconds shared by neighbouring windows.
-        user_prompt: the instruction (None: the ASR prompt of `language`); the audio
-            placeholder is appended when missing.
-        language: "language" of every file (picks the ASR prompt; also written out).
-        min_seconds: shorter files are errors ("too_short").
-        min_pause: split at every pause at least this long (seconds; None: only where a file
-            exceeds the window). See `plan_windows`.
-    """
-
-    def __init__(self, files: Sequence[str], prompts: PromptBuilder, *, window: float, overlap: float,
-                 user_prompt: str | None = None, language: str | None = None, min_seconds: float = 0.25,
-                 min_pause: float | None = None) -> None:
-        self.files, self.prompts, self.language = list(files), prompts, language
-        self.errors: dict[int, InputError] = {}
-        self.audio: dict[int, np.ndarray] = {}
-        self.windows: list[Window] = []
-        for i, f in enumerate(self.files):
-            try:
-                audio = read_audio(f, min_seconds=min_seconds)
-            except InputError as e:
-                self.errors[i] = e
-                continue
-            self.audio[i] = audio
-            self.windows += [Window(i, j, a, b) for j, (a, b) in
-                             enumerate(plan_windows(audio, window, overlap, min_pause=min_pause))]
-        if user_prompt is None:
-            self.messages = asr_messages(None, language)
-        else:
-            content = user_prompt if AUDIO_PLACEHOLDER in user_prompt else f"{user_prompt} {AUDIO_PLACEHOLDER}"
-            self.messages = [{"role": "user", "content": content}]
-        self.durations = [(w.end - w.start) / SAMPLE_RATE for w in self.windows]
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, index: int) -> dict:
-        pad = index < 0  # pad rows (see data.RankBatches) re-read a real window and are never written
-        w = self.windows[-index - 1 if pad else index]
-        audio = self.audio[w.file][w.start:w.end]
-        enc = self.prompts.encode(self.messages, num_samples=len(audio), generation=True)
-        return {"key": f"{self.files[w.file]}#{w.index}", "input_ids": enc.input_ids, "labels": enc.labels,
-                "audio": audio, "num_samples": len(audio), "reference": None, "language": self.language,
-                "source": None, "pool": None, "is_pad": pad, "window": (w.file, w.index, w.start, w.end)}
-
-    def file_rows(self, texts: dict[tuple[int, int], str]) -> list[dict]:
-        """One output row per file, in input order: the merged prediction and every window's
-        timing and text, or the file's error. `texts`: (file, window) -> generated text."""
-        by_file: dict[int, list[Window]] = {}
-        for w in self.windows:  # in file order, then window order (as built)
-            by_file.setdefault(w.file, []).append(w)
-        rows = []
-        for i, f in enumerate(self.files):
-            if i in self.errors:
-                rows.append({"file": f, "error": self.errors[i].reason, "detail": self.errors[i].detail})
-                continue
-            wins = by_file[i]
-            pieces, timing = [], []
-            for k, w in enumerate(wins):
-                share = (w.end - wins[k + 1].start) / (w.end - w.start) if k + 1 < len(wins) else 0.0
-                text = texts.get((i, w.index), "")
-                pieces.append((text, max(share, 0.0)))
-                timing.append({"start": round(w.start / SAMPLE_RATE, 3), "end": round(w.end / SAMPLE_RATE, 3),
-                               "text": text})
-            rows.append({"file": f, "prediction": merge_texts(pieces),
-                         "duration": round(self.audio[i].size / SAMPLE_RATE, 3), "windows": timing,
-                         **({"language": self.language} if self.language else {})})
-        return rows

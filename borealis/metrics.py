@@ -81,3 +81,11 @@ def write_report(path: str | Path, checkpoint: str, per_benchmark: Mapping[str, 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def report_dir(trainer, configured: str | None) -> Path:
+    """Where reports (wer.json, predictions) go: `configured` (model.report_dir), else the
+    logger's folder, else the trainer's root folder."""
+    if configured:
+        return Path(configured)
+    return Path(trainer.log_dir or trainer.default_root_dir)

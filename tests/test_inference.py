@@ -92,7 +92,7 @@ def test_merge_texts_drops_what_the_overlap_heard_twice():
 
 
 def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
-    """`borealis predict --data.predict_files`: one line per file in input order, long audio in
+    """`borealis predict --data.predict.files`: one line per file in input order, long audio in
     windows covering it, and each bad file (missing, undecodable, silent, 0.1 s) an error line
     while the others complete."""
     import json
@@ -116,9 +116,9 @@ def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     out_dir = tmp_path / "out"
     proc = run_cli("predict", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
                    "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "3",
-                   "--model.report_dir", str(out_dir), "--data.predict_sets", "{}", "--data.val_sets", "{}",
-                   "--data.num_workers", "0", "--data.predict_min_pause", "null",
-                   "--data.predict_files", json.dumps(files), cwd=tmp_path)
+                   "--model.report_dir", str(out_dir), "--data.predict.sets", "{}", "--data.val_sets", "{}",
+                   "--data.num_workers", "0", "--data.predict.min_pause", "null",
+                   "--data.predict.files", json.dumps(files), cwd=tmp_path)
     rows = [json.loads(x) for x in (out_dir / "predictions.rank0.jsonl").read_text().splitlines()]
     assert [r["file"] for r in rows] == files
     errors = {Path(r["file"]).name: r["error"] for r in rows if "error" in r}

@@ -28,7 +28,7 @@ from borealis import augmentations as A
 from borealis import checkpointing
 from borealis.checkpointing import AtomicCheckpointIO, Checkpoint
 from borealis.cli import BorealisCLI
-from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, ResumableLoader, keeps_length
+from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, ResumableLoader
 from borealis.module import BorealisLightningModule
 from borealis.prompts import PromptBuilder
 
@@ -227,8 +227,8 @@ def test_length_preserving_effects(tmp_path):
     clip = (np.random.default_rng(0).standard_normal(12345) * 0.1).astype(np.float32)
     for effect in effects:
         assert len(effect.apply(clip, np.random.default_rng(1), 48000)) == len(clip), type(effect).__name__
-    assert keeps_length(A.AugmentationStage("all", effects=effects))
-    assert not keeps_length(A.AugmentationStage("speed", effects=[A.Gain(), A.Speed()]))
+    assert A.AugmentationStage("all", effects=effects).keeps_length
+    assert not A.AugmentationStage("speed", effects=[A.Gain(), A.Speed()]).keeps_length
 
 
 # ---------------------------------------------------------------------------- non-finite steps
@@ -277,11 +277,11 @@ def _fit_with_poison(tmp_path, tiny_parts, batches, **model_kw):
 
 def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path, tiny_parts, caplog):
     module, trainer, dm, poison = _fit_with_poison(tmp_path, tiny_parts, [2])
-    with caplog.at_level(logging.WARNING, logger="borealis.module"):
+    with caplog.at_level(logging.WARNING, logger="borealis.callbacks.nonfinite"):
         trainer.fit(module, datamodule=dm)
     assert poison.changed[2] == (False, False), "the poisoned step changed weights or AdamW state"
     assert all(poison.changed[i] == (True, True) for i in (0, 1, 3, 4, 5))
-    assert module._skipped_total == 1 and trainer.callback_metrics["train/skipped_steps"] == 1
+    assert module.non_finite_steps.skipped_total == 1 and trainer.callback_metrics["train/skipped_steps"] == 1
     assert trainer.global_step == 6  # the skipped step still counts, and moves the LR schedule
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 6
     assert all(torch.isfinite(p).all() for p in module.parameters())

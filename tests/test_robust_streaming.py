@@ -21,7 +21,7 @@ import torch
 from conftest import build_tokenizer, make_pool, tone_id
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from borealis.data import Batching, BenchmarkSet, BorealisDataModule, MixtureStream, Pool, sample_problem
+from borealis.data import Batching, BenchmarkSet, BorealisDataModule, MixtureStream, Pool, read_pass, sample_problem
 from borealis.module import BorealisLightningModule
 from borealis.prompts import PromptBuilder
 from borealis.shards import ReadErrors, ShardError, index_samples, iter_shard, list_shards, read_sample
@@ -86,7 +86,7 @@ def test_one_pass_yields_every_good_sample_once_and_reports_the_bad(pool, prompt
     total = [0, 0, 0, 0]
     for slot in range(slots):
         stats = ReadErrors()
-        for sample in stream.read_pass(0, stats, slot=slot, slots=slots):
+        for sample in read_pass(stream.pools[0], stats, slot=slot, slots=slots):
             keys[sample["key"]] += 1
             assert tone_id(sample["audio"]) == int(sample["key"].split("-")[1])  # the right audio, intact
         total = [t + c for t, c in zip(total, stats.counts())]
@@ -155,7 +155,7 @@ def test_unreadable_shards_are_named_counted_and_skipped(pool, prompts, caplog):
         unreadable = 3
     stream = _stream(pool, prompts, batches_per_epoch=8, shuffle_buffer=4)
     stats = ReadErrors()
-    keys = {s["key"] for s in stream.read_pass(0, stats)}
+    keys = {s["key"] for s in read_pass(stream.pools[0], stats)}
     assert keys == {f"p-{i}" for i in range(10 * unreadable, 40)} - SKIPPED
     assert stats.unreadable_shards == unreadable and stats.lost_samples == 10 * unreadable
     assert "skipping shard" in caplog.text and "shard-000000.tar" in caplog.text and "shard-000001.tar" in caplog.text

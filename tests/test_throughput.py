@@ -264,7 +264,7 @@ def test_borealis_fit_writes_the_throughput_tags(tmp_path, tiny_parts):
         "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
         "--data.text_pool", str(tmp_path / "text"), "--data.text_ratio", "0.3",
         "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}),
-        "--data.predict_sets", json.dumps({"bench": str(tmp_path / "bench")}),
+        "--data.predict.sets", json.dumps({"bench": str(tmp_path / "bench")}),
         "--data.batching", json.dumps({"batch_size": 4, "max_seconds_per_batch": None}),
         "--data.batches_per_epoch", "4", "--data.max_seconds", "2.0", "--data.num_workers", "0",
         "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "2", "--throughput.peak_tflops", "1",
