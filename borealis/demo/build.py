@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mel-bins", type=int, default=WhisperSize.mel_bins, help="80 as Whisper <= v2")
     g.add_argument("--max-source-positions", type=int, default=WhisperSize.max_source_positions,
                    help="encoder positions; 2 mel frames each, 150 -> 3 s window (multiple of 50)")
-    g = p.add_argument_group("tiny Qwen3 (~1.9M params at the defaults)")
+    g = p.add_argument_group("tiny Qwen3 (~1.7M params at the defaults)")
     g.add_argument("--llm-dim", type=int, default=Qwen3Size.dim, help="hidden size")
     g.add_argument("--llm-layers", type=int, default=Qwen3Size.layers, help="decoder layers")
     g.add_argument("--llm-heads", type=int, default=Qwen3Size.heads, help="query heads")

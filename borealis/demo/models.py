@@ -53,7 +53,7 @@ class WhisperSize:
 
 @dataclass(frozen=True)
 class Qwen3Size:
-    """Sizes of a random Qwen3; the defaults are the demo's (~1.9M params with its tokenizer)."""
+    """Sizes of a random Qwen3; the defaults are the demo's (~1.7M params with its 611-token tokenizer)."""
 
     dim: int = 256  # hidden size
     layers: int = 2  # decoder layers
