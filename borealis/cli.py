@@ -1,10 +1,13 @@
-"""The `borealis` command: LightningCLI over BorealisLightningModule + BorealisDataModule.
+"""`borealis fit|validate|test|predict`: LightningCLI over BorealisLightningModule + BorealisDataModule.
 
     borealis fit --config configs/it_fresh.yaml
     borealis fit --config configs/it_fresh.yaml --ckpt_path last   # resume exactly where it stopped
     borealis validate --config configs/demo.yaml --ckpt_path demo/runs/checkpoints/last.ckpt
     borealis predict --config configs/demo.yaml --ckpt_path ...
     borealis fit --help            # every option, from the constructors' docstrings
+
+`borealis.commands` is the `borealis` entry point: it hands these subcommands here and runs
+`borealis shards|export|demo` itself, without importing Lightning.
 
 The model's prompt builder (tokenizer + audio token geometry) is linked into the data
 module at instantiation, so the two can never disagree about token ids. The augmentation
@@ -34,7 +37,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint

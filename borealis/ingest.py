@@ -4,7 +4,8 @@ What: `build_pool(items, out_dir, kind=...)` takes the items a reader in `boreal
 gives (a JSONL line, a LibriSpeech utterance, a Common Voice row, a Hugging Face row, a noise
 file), checks each one, decodes and resamples its audio to 16 kHz mono FLAC in `workers`
 processes, cuts long recordings at silences between their timestamped segments, and writes
-the pool (or one pool per `--split`) with `ShardWriter`. `tools/build_shards.py` is its CLI.
+the pool (or one pool per `--split`) with `ShardWriter`. `borealis shards build` is its command
+(`borealis/shards/cli.py`).
 
 Why: a corpus must never lose samples silently. Every item ends as exactly one of written or
 rejected (REASONS), so written + rejected = read always holds and is asserted; the report
@@ -18,7 +19,7 @@ quietest 10 ms inside the gap between two segments; without timestamps they are 
 Cost: per clip one soundfile decode, one soxr resample (HQ) and one FLAC encode: ~6 ms per
 5 s of 44.1 kHz stereo on one core (~800x real time); `workers` processes scale that until
 the parent's tar writing (~0.1 ms per clip) or the disk is the limit. BENCHMARKS.md has the
-measured hours per minute (`tools/bench_shards.py`).
+measured hours per minute (`python tools/bench_shards.py`).
 """
 
 from __future__ import annotations
@@ -42,12 +43,10 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from borealis.prompts import AUDIO_PLACEHOLDER, chat_problem
-from borealis.shards import ShardWriter, encode_flac, validate_key
+from borealis.shards import REPORT_NAME, ShardWriter, encode_flac, validate_key
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "build_report.json"
 MAX_EXAMPLES = 20  # rejections kept per reason in the report
 # Every reason an item can be rejected for; the report counts each.
 REASONS = ("bad_json", "non_utf8", "bad_field", "missing_file", "undecodable_audio", "empty_audio", "silent_audio",
@@ -147,6 +146,8 @@ def parse_line(line: str | bytes) -> dict:
 
 def check_messages(messages: Any, *, with_audio: bool, key: str | None = None) -> list[dict]:
     """`messages` if it is a valid chat (`prompts.chat_problem`), else a `Rejected` naming why."""
+    from borealis.prompts import chat_problem  # imports torch: only chat corpora need it
+
     if messages is None or messages == []:
         raise Rejected("missing_messages", "no 'messages'", key)
     problem = chat_problem(messages, has_audio=with_audio)
@@ -288,6 +289,8 @@ def prepare_manifest_item(item: dict, *, base_dir: Path | None, source: str | No
         if not isinstance(instruction, str) or not isinstance(response, str) or not response.strip():
             raise Rejected("bad_messages", "an instruction line needs string 'instruction' and a non-empty "
                                            "'response'", key)
+        from borealis.prompts import AUDIO_PLACEHOLDER  # imports torch: only instruction lines need it
+
         if AUDIO_PLACEHOLDER not in instruction:
             instruction = f"{instruction.strip()} {AUDIO_PLACEHOLDER}".strip()
         system = item.get("system")
