@@ -1,6 +1,6 @@
-"""tools/build_shards.py: every input line (or file, for noise/IR folders) is written or rejected
-with a reason, keys are deterministic, noise/IR pools feed the augmentation effects, and the CLI
-runs end to end (once through a subprocess)."""
+"""`borealis shards build` (borealis/ingest.py + borealis/shards/cli.py): every input line (or file,
+for noise/IR folders) is written or rejected with a reason, keys are deterministic, noise/IR pools
+feed the augmentation effects, and the command runs end to end (once through a subprocess)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import load_tool
+from borealis.corpora import list_audio_files
+from borealis.ingest import audio_key, build_pool, chat_key, summary_line
 from borealis.shards import iter_shard, list_shards, read_index
+from borealis.shards.cli import build_parser
+from borealis.shards.cli import main as shards_main
 
-REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDER = "<|start_of_audio|><|end_of_audio|>"
 
 
-bs = load_tool("build_shards")
+
+def build(argv: list[str]) -> int:
+    """`borealis shards build ARGV...` in this process."""
+    return shards_main(["build", *argv])
 
 
 def tone(i: int, rate: int, seconds: float = 0.3) -> np.ndarray:
@@ -63,25 +68,25 @@ def corpus(tmp_path) -> Path:
 def test_build_pool_accounts_for_every_line(corpus, tmp_path):
     out = tmp_path / "pool"
     with open(corpus, encoding="utf-8") as f:
-        report = bs.build_pool(f, out, kind="manifest", base_dir=corpus.parent, source="demo", progress=False)
+        report = build_pool(f, out, kind="manifest", base_dir=corpus.parent, source="demo", progress=False)
     assert report["read"] == 11 and report["written"] == 4
     assert report["rejected"] == {"bad_json": 1, "bad_field": 1, "missing_file": 1, "undecodable_audio": 1,
                                   "empty_text": 1, "bad_messages": 1, "duplicate_key": 1}
     assert report["written"] + report["num_rejected"] == report["read"]
     assert json.loads((out / "build_report.json").read_text()) == report
     assert report["rejections"]["missing_file"] == [
-        {"line": 5, "key": bs.audio_key("clips/missing.wav"),
+        {"line": 5, "key": audio_key("clips/missing.wav"),
          "detail": f"audio file {corpus.parent / 'clips/missing.wav'} does not exist"}]
     assert report["rejections"]["bad_json"][0]["line"] == 11
-    assert report["rejections"]["duplicate_key"][0]["key"] == bs.audio_key("clips/a.wav")
+    assert report["rejections"]["duplicate_key"][0]["key"] == audio_key("clips/a.wav")
 
     index = read_index(out)
     assert index["num_samples"] == 4 and index["tasks"] == {"asr": 3, "instruct": 1}
     samples = {s["key"]: s for p in list_shards(out) for s in iter_shard(p)}
-    a = samples[bs.audio_key("clips/a.wav")]
+    a = samples[audio_key("clips/a.wav")]
     assert a["meta"] == {"text": "alpha", "language": "en", "source": "demo", "task": "asr",
                          "speaker": "s1", "duration": 0.3}
-    b = samples[bs.audio_key("clips/b b.flac")]
+    b = samples[audio_key("clips/b b.flac")]
     assert b["meta"]["source"] == "own" and b["audio"].shape == (4800,)  # 0.3 s at 16 kHz, mono
     c = samples["custom-key"]
     assert c["meta"]["task"] == "instruct" and c["meta"]["messages"][1]["content"] == "a tone"
@@ -89,12 +94,12 @@ def test_build_pool_accounts_for_every_line(corpus, tmp_path):
 
 
 def test_keys_are_deterministic_and_sanitised():
-    k = bs.audio_key("clips/Привет мир (1).wav")
-    assert k == bs.audio_key("clips/Привет мир (1).wav") and k.startswith("1-")
-    assert bs.audio_key("x/Hello World.v2.wav").startswith("Hello_World_v2-")
-    assert bs.audio_key("a/x.wav") != bs.audio_key("b/x.wav")
+    k = audio_key("clips/Привет мир (1).wav")
+    assert k == audio_key("clips/Привет мир (1).wav") and k.startswith("1-")
+    assert audio_key("x/Hello World.v2.wav").startswith("Hello_World_v2-")
+    assert audio_key("a/x.wav") != audio_key("b/x.wav")
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    assert bs.chat_key(chat) == bs.chat_key([dict(m) for m in chat]) != bs.chat_key(chat[:1])
+    assert chat_key(chat) == chat_key([dict(m) for m in chat]) != chat_key(chat[:1])
 
 
 def test_text_pool(tmp_path):
@@ -109,18 +114,18 @@ def test_text_pool(tmp_path):
         good,                                                                          # duplicate_key
         "[1, 2]",                                                                      # bad_json
     ]
-    report = bs.build_pool(items, tmp_path, kind="text", progress=False)
+    report = build_pool(items, tmp_path, kind="text", progress=False)
     assert (report["read"], report["written"]) == (7, 2)
     assert report["rejected"] == {"bad_json": 1, "missing_messages": 1, "bad_messages": 2, "duplicate_key": 1}
     samples = [s for p in list_shards(tmp_path) for s in iter_shard(p)]
-    assert [s["key"] for s in samples] == [bs.chat_key(good["messages"]), "k1"]
+    assert [s["key"] for s in samples] == [chat_key(good["messages"]), "k1"]
     assert all(s["audio"] is None and s["meta"]["task"] == "chat" for s in samples)
     with pytest.raises(ValueError, match="kind must be one of"):
-        bs.build_pool([], tmp_path, kind="audio", progress=False)
+        build_pool([], tmp_path, kind="audio", progress=False)
 
 
 def test_strict_exit_code_in_process(corpus, tmp_path, capsys):
-    code = bs.main(["manifest", "--input", str(corpus), "--output", str(tmp_path / "strict"), "--strict",
+    code = build(["manifest", "--input", str(corpus), "--output", str(tmp_path / "strict"), "--strict",
                     "--no-progress", "--max-bytes", "1M"])
     assert code == 1
     assert "rejected 7" in capsys.readouterr().out
@@ -130,7 +135,7 @@ def test_strict_exit_code_in_process(corpus, tmp_path, capsys):
 def test_cli_subprocess(corpus, tmp_path):
     out = tmp_path / "cli_pool"
     run = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "build_shards.py"), "manifest", "--input", str(corpus),
+        [sys.executable, "-m", "borealis.commands", "shards", "build", "manifest", "--input", str(corpus),
          "--output", str(out), "--max-samples", "2", "--source", "cli"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -178,10 +183,10 @@ GOOD_NOISE = {"cafe.wav": 1.0, "street/bus stop.flac": 0.5, "street/night/hum.og
 
 
 def test_audio_folder_noise_accounts_for_every_file(noise_folder, tmp_path):
-    files, ignored = bs.list_audio_files(noise_folder)
+    files, ignored = list_audio_files(noise_folder)
     assert ignored == ["._cafe.wav", ".cache/x.wav", "README.txt"]
     out = tmp_path / "pool"
-    report = bs.build_pool([{"audio": f} for f in files], out, kind="noise", base_dir=noise_folder,
+    report = build_pool([{"audio": f} for f in files], out, kind="noise", base_dir=noise_folder,
                            ignored=ignored, progress=False)
     assert (report["read"], report["written"], report["num_rejected"]) == (8, 4, 4)
     assert report["written"] + report["num_rejected"] == report["read"] == len(files)
@@ -196,9 +201,9 @@ def test_audio_folder_noise_accounts_for_every_file(noise_folder, tmp_path):
     assert json.loads((out / "build_report.json").read_text()) == report
 
     samples = {s["key"]: s for p in list_shards(out) for s in iter_shard(p)}
-    assert set(samples) == {bs.audio_key(f) for f in GOOD_NOISE}
+    assert set(samples) == {audio_key(f) for f in GOOD_NOISE}
     for file, seconds in GOOD_NOISE.items():
-        s = samples[bs.audio_key(file)]
+        s = samples[audio_key(file)]
         assert s["meta"] == {"kind": "noise", "source": file, "duration": seconds}  # no text, no task
         assert s["audio"].shape == (round(seconds * 16_000),)  # 16 kHz mono, stereo 44.1 kHz resampled
     assert read_index(out)["num_samples"] == 4
@@ -208,7 +213,7 @@ def test_noise_pool_feeds_background_noise(noise_folder, tmp_path):
     from borealis.augmentations import BackgroundNoise
 
     out = tmp_path / "noise_pool"
-    assert bs.main(["audio-folder", "--input", str(noise_folder), "--kind", "noise", "--output", str(out),
+    assert build(["audio-folder", "--input", str(noise_folder), "--kind", "noise", "--output", str(out),
                     "--no-progress"]) == 0
     effect = BackgroundNoise(pool=str(out), snr_db=(10.0, 10.0), p=1.0)
     effect.check()
@@ -217,7 +222,7 @@ def test_noise_pool_feeds_background_noise(noise_folder, tmp_path):
     for _ in range(6):
         noisy = effect.apply(speech, rng)
         assert noisy.shape == speech.shape and noisy.dtype == np.float32
-        assert effect.last["noise"] in {bs.audio_key(f) for f in GOOD_NOISE}
+        assert effect.last["noise"] in {audio_key(f) for f in GOOD_NOISE}
         snr = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean((noisy - speech).astype(np.float64) ** 2))
         assert snr == pytest.approx(10.0, abs=0.1)
 
@@ -231,13 +236,13 @@ def test_ir_folder_crops_rejects_silence_and_feeds_impulse_response(tmp_path):
     sf.write(root / "hall.flac", np.stack([decaying_ir(48_000, 3.0, rt60=1.5)] * 2, 1), 48_000)  # cropped
     sf.write(root / "dead.wav", np.full(4000, 2e-5, np.float32), 16_000)  # -94 dBFS: silent_audio
     out = tmp_path / "ir_pool"
-    files, _ = bs.list_audio_files(root)
-    report = bs.build_pool([{"audio": f} for f in files], out, kind="ir", base_dir=root, max_seconds=1.0,
+    files, _ = list_audio_files(root)
+    report = build_pool([{"audio": f} for f in files], out, kind="ir", base_dir=root, max_seconds=1.0,
                            progress=False)
     assert (report["read"], report["written"], report["rejected"]) == (3, 2, {"silent_audio": 1})
     assert report["rejections"]["silent_audio"][0]["file"] == "dead.wav"
     assert (report["cropped"], report["max_seconds"]) == (1, 1.0)
-    assert "cropped 1 to 1 s" in bs.summary_line(report)
+    assert "cropped 1 to 1 s" in summary_line(report)
     samples = {s["meta"]["source"]: s for p in list_shards(out) for s in iter_shard(p)}
     assert samples["hall.flac"]["meta"] == {"kind": "ir", "source": "hall.flac", "cropped_from": 3.0, "duration": 1.0}
     assert samples["room.wav"]["meta"] == {"kind": "ir", "source": "room.wav", "duration": 0.5}
@@ -245,14 +250,14 @@ def test_ir_folder_crops_rejects_silence_and_feeds_impulse_response(tmp_path):
     effect = ImpulseResponse(pool=str(out), p=1.0)
     speech = tone(0, 16_000, seconds=1.0)
     wet = effect.apply(speech, np.random.default_rng(0))
-    assert wet.shape == speech.shape and effect.last["ir"] in {bs.audio_key(f) for f in ("room.wav", "hall.flac")}
+    assert wet.shape == speech.shape and effect.last["ir"] in {audio_key(f) for f in ("room.wav", "hall.flac")}
     with pytest.raises(ValueError, match="max_seconds must be finite and > 0"):
-        bs.build_pool([], out, kind="ir", max_seconds=0.0, progress=False)
+        build_pool([], out, kind="ir", max_seconds=0.0, progress=False)
 
 
 def test_audio_folder_cli_strict_help_and_errors(noise_folder, tmp_path, capsys):
     out = tmp_path / "strict"
-    assert bs.main(["audio-folder", "--input", str(noise_folder), "--kind", "ir", "--output", str(out),
+    assert build(["audio-folder", "--input", str(noise_folder), "--kind", "ir", "--output", str(out),
                     "--strict", "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert "read 8, written 4, rejected 4" in captured.out and "ignored 3" in captured.out
@@ -268,14 +273,17 @@ def test_audio_folder_cli_strict_help_and_errors(noise_folder, tmp_path, capsys)
         (["--input", str(noise_folder), "--kind", "ir", "--extensions", "mp4"], "no audio files (mp4)"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            bs.main(["audio-folder", *argv, "--output", str(tmp_path / "x")])
+            build(["audio-folder", *argv, "--output", str(tmp_path / "x")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
 
-    sub = next(a for a in bs.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for name, parser in sub.choices.items():  # every option of every subcommand is documented
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    sub = subcommands(subcommands(build_parser())["build"])
+    for name, parser in sub.items():  # every option of every subcommand is documented
         for action in parser._actions:
             assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
-    folder_options = set(sub.choices["audio-folder"]._option_string_actions)
+    folder_options = set(sub["audio-folder"]._option_string_actions)
     assert {"--kind", "--max-seconds", "--extensions", "--strict"} <= folder_options
     assert "--source" not in folder_options  # the path relative to --input is the source
 
@@ -285,8 +293,8 @@ def test_audio_folder_pool_is_deterministic_and_location_free(noise_folder, tmp_
     shutil.copytree(noise_folder, moved)
     indexes = []
     for root, out in [(noise_folder, tmp_path / "a"), (moved, tmp_path / "b")]:
-        files, ignored = bs.list_audio_files(root)
-        bs.build_pool([{"audio": f} for f in files], out, kind="noise", base_dir=root, ignored=ignored,
+        files, ignored = list_audio_files(root)
+        build_pool([{"audio": f} for f in files], out, kind="noise", base_dir=root, ignored=ignored,
                       progress=False)
         indexes.append(read_index(out))
     assert indexes[0] == indexes[1]  # same sha256: keys and sources are relative to the folder

@@ -1,9 +1,10 @@
-"""Real-corpus inputs of tools/build_shards.py (borealis/ingest.py + borealis/corpora.py).
+"""borealis/ingest.py on real-corpus inputs: manifests (Borealis and NeMo style) at every rate,
+channel layout and codec, segments and long recordings, worker-count determinism and splits.
 
 Every fixture is made here: tones whose frequency encodes the item, written at 8/22.05/44.1/
-48 kHz, mono and stereo, as wav, flac, mp3 and ogg, laid out as a NeMo manifest, a
-LibriSpeech folder, a Common Voice release and a Hugging Face dataset. Each test checks the
-accounting (written + rejected = read) and what lands in the shards.
+48 kHz, mono and stereo, as wav, flac, mp3 and ogg. Each test checks the accounting
+(written + rejected = read) and what lands in the shards. The corpus readers (LibriSpeech,
+Common Voice, Hugging Face) are tested in test_corpora.py.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import load_tool
-from borealis.corpora import commonvoice_items, hf_items, jsonl_items, librispeech_items
+from borealis.corpora import jsonl_items
 from borealis.ingest import build_pool, plan_chunks, split_of
 from borealis.shards import iter_shard, list_shards, read_index
+from borealis.shards.cli import main as shards_main
 
-bs = load_tool("build_shards")
+
+def build(argv: list[str]) -> int:
+    """`borealis shards build ARGV...` in this process."""
+    return shards_main(["build", *argv])
 
 # (rate, channels, file name, soundfile format): every input kind the issue names.
 FORMATS = [(8_000, 1, "a.wav", "WAV"), (22_050, 2, "b.flac", "FLAC"), (44_100, 2, "c.wav", "WAV"),
@@ -70,7 +74,7 @@ def test_nemo_manifest_every_rate_channel_layout_and_codec(tmp_path):
              for i, n in enumerate(names)]
     (tmp_path / "m.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "pool"
-    assert bs.main(["manifest", "--input", str(tmp_path / "m.json"), "--output", str(out), "--no-progress",
+    assert build(["manifest", "--input", str(tmp_path / "m.json"), "--output", str(out), "--no-progress",
                     "--strict", "--workers", "2"]) == 0
     report = json.loads((out / "build_report.json").read_text())
     assert (report["read"], report["written"], report["num_rejected"]) == (len(FORMATS), len(FORMATS), 0)
@@ -120,7 +124,7 @@ def test_corrupt_manifest_counts_every_reason(tmp_path):
             b"", b"   "]  # blank lines are not items
     (tmp_path / "m.jsonl").write_bytes(b"\n".join(rows) + b"\n")
     out = tmp_path / "pool"
-    code = bs.main(["manifest", "--input", str(tmp_path / "m.jsonl"), "--output", str(out), "--no-progress",
+    code = build(["manifest", "--input", str(tmp_path / "m.jsonl"), "--output", str(out), "--no-progress",
                     "--strict"])
     assert code == 1
     report = json.loads((out / "build_report.json").read_text())
@@ -227,87 +231,3 @@ def test_shards_read_by_plain_webdataset_and_tar(tmp_path):
     assert listing == [f"utt{i}.{ext}" for i in range(4) for ext in ("json", "flac")]
     with tarfile.open(shards[1]) as tf:
         assert [m.name for m in tf.getmembers()] == [f"utt{i}.{ext}" for i in (4, 5) for ext in ("json", "flac")]
-
-
-def test_librispeech_folder(tmp_path):
-    root = tmp_path / "LibriSpeech" / "dev-clean"
-    chapter = root / "19" / "198"
-    chapter.mkdir(parents=True)
-    for i in range(3):
-        sf.write(chapter / f"19-198-000{i}.flac", tone(i, 16_000), 16_000)
-    (chapter / "19-198.trans.txt").write_bytes(
-        b"19-198-0000 HELLO WORLD\n19-198-0001 SECOND LINE\n19-198-0002 \n19-198-0003 NO AUDIO\n"
-        b"19-198-0004 CAF\xc9\n")
-    out = tmp_path / "pool"
-    assert bs.main(["librispeech", "--input", str(root), "--output", str(out), "--no-progress"]) == 0
-    report = json.loads((out / "build_report.json").read_text())
-    assert (report["read"], report["written"]) == (5, 2)
-    assert report["rejected"] == {"empty_text": 1, "missing_file": 1, "non_utf8": 1}
-    assert report["rejections"]["non_utf8"][0]["file"] == "19/198/19-198.trans.txt"
-    assert report["rejections"]["non_utf8"][0]["line"] == 5
-    s = samples_of(out)["19-198-0001"]
-    assert s["meta"] == {"text": "SECOND LINE", "language": "en", "source": "librispeech", "task": "asr",
-                         "speaker": "19", "chapter": "198", "duration": 0.5}
-    assert dominant_hz(s["audio"]) == pytest.approx(400, abs=4)
-    assert [i.where for i in librispeech_items(root)][0] == {"file": "19/198/19-198.trans.txt", "line": 1}
-
-
-def test_common_voice_release(tmp_path):
-    root = tmp_path / "cv-corpus" / "ru"
-    (root / "clips").mkdir(parents=True)
-    for i in range(3):
-        sf.write(root / "clips" / f"common_voice_ru_{i}.mp3", tone(i, 48_000, seconds=1.0), 48_000, format="MP3")
-    header = "client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\tage\tgender\taccents\tvariant\tlocale\tsegment\n"
-    rows = [f"abc{i}\tcommon_voice_ru_{i}.mp3\tsid{i}\tпредложение {i}\t\t2\t0\t{'twenties' if i else ''}\t\t\t\tru\t\n"
-            for i in range(3)]
-    rows.append("abc9\tcommon_voice_ru_9.mp3\tsid9\tнет файла\t\t2\t0\t\t\t\t\tru\t\n")
-    rows.append("short\trow\n")
-    (root / "train.tsv").write_text(header + "".join(rows), encoding="utf-8")
-    out = tmp_path / "pool"
-    assert bs.main(["commonvoice", "--input", str(root), "--output", str(out), "--no-progress", "--workers", "2"]) == 0
-    report = json.loads((out / "build_report.json").read_text())
-    assert (report["read"], report["written"], report["rejected"]) == (5, 3, {"bad_field": 1, "missing_file": 1})
-    assert report["rejections"]["bad_field"][0] == {"file": "train.tsv", "line": 6, "key": None,
-                                                    "detail": "train.tsv:6 has 2 fields, the header 13"}
-    s = samples_of(out)
-    assert s["common_voice_ru_1"]["meta"] == {"text": "предложение 1", "language": "ru", "source": "common_voice",
-                                              "task": "asr", "speaker": "abc1", "age": "twenties", "duration": 1.0}
-    assert "age" not in s["common_voice_ru_0"]["meta"]  # empty columns are dropped
-    assert dominant_hz(s["common_voice_ru_2"]["audio"]) == pytest.approx(500, abs=4)
-    with pytest.raises(FileNotFoundError, match="dev.tsv"):
-        list(commonvoice_items(root, "dev.tsv"))
-
-
-@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
-def test_hugging_face_dataset(tmp_path, layout):
-    datasets = pytest.importorskip("datasets")
-    rows = {"audio": [], "sentence": [], "id": [], "speaker_id": []}
-    for i, (rate, channels, name, fmt) in enumerate(FORMATS[:4]):
-        buf = io.BytesIO()
-        sf.write(buf, tone(i, rate, channels=channels), rate, format=fmt)
-        rows["audio"].append({"bytes": buf.getvalue(), "path": name})
-        rows["sentence"].append(f"row {i}" if i != 2 else "")
-        rows["id"].append(f"utt-{i}")
-        rows["speaker_id"].append(10 + i)
-    ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
-    if layout == "save_to_disk":
-        datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "ds"))
-        argv = ["--input", str(tmp_path / "ds"), "--hf-split", "train"]
-    else:
-        (tmp_path / "pq").mkdir()
-        ds.to_parquet(str(tmp_path / "pq" / "part-0.parquet"))
-        argv = ["--input", str(tmp_path / "pq")]
-    out = tmp_path / "pool"
-    assert bs.main(["hf", *argv, "--output", str(out), "--language", "en", "--no-progress"]) == 0
-    report = json.loads((out / "build_report.json").read_text())
-    assert (report["read"], report["written"], report["rejected"]) == (4, 3, {"empty_text": 1})
-    assert report["rejections"]["empty_text"][0]["row"] == 2
-    s = samples_of(out)
-    assert set(s) == {"utt-0", "utt-1", "utt-3"}
-    assert s["utt-1"]["meta"] == {"text": "row 1", "language": "en", "task": "asr", "audio_path": "b.flac",
-                                  "speaker_id": 11, "duration": 0.5}
-    for i in (0, 1, 3):
-        assert dominant_hz(s[f"utt-{i}"]["audio"]) == pytest.approx(300 + 100 * i, abs=4)
-    if layout == "save_to_disk":
-        with pytest.raises(ValueError, match="choose one with --hf-split"):
-            hf_items(tmp_path / "ds")

@@ -1,4 +1,4 @@
-"""tools/inspect_shards.py: the listing's figures (from index.json and the .json members only),
+"""`borealis shards inspect` and the pool verifier (borealis/shards/verify.py): the listing's figures (from index.json and the .json members only),
 `--verify` naming every kind of damage (altered bytes, truncation, an undecodable FLAC behind a
 rewritten sha256, missing shards or index, duplicate keys), `--play`, and clear path errors."""
 
@@ -16,19 +16,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import load_tool, tone, tone_id
-from borealis.shards import ShardWriter, index_samples, list_shards, read_index, read_sample
-
-REPO = Path(__file__).resolve().parents[1]
-ins = load_tool("inspect_shards")
-bs = load_tool("build_shards")
+from conftest import tone, tone_id
+from borealis.ingest import build_pool
+from borealis.shards import ShardWriter, find_pools, index_samples, inspect_pool, list_shards, read_index, read_sample
+from borealis.shards.cli import main as shards_main
 
 # Pool "speech": (seconds, language) per tone sample `speech-<i>`, 3 samples per shard, plus one
 # text-only chat. Durations sit on and beside the bin edges: [0, 1) -> "0-1", 1.0 -> "1-2", ...
 SPEECH = [(0.5, "en"), (1.0, "ru"), (1.5, None), (2.0, "en"), (3.0, "ru"), (0.25, None), (30.5, "en")]
 SPEECH_HISTOGRAM = {"0-1": 2, "1-2": 2, "2-5": 2, "5-10": 0, "10-20": 0, "20-30": 0, ">30": 1}
 NOISE = [0.75, 6.0]  # pool "noise": {"kind": "noise"} clips, no task, no language
-CHATS = [  # pool "chats": built by build_shards (so it has build_report.json); the last line is rejected
+CHATS = [  # pool "chats": built by ingest.build_pool (so it has build_report.json); the last line is rejected
     json.dumps({"key": "c0", "language": "ru", "messages": [{"role": "user", "content": "привет"},
                                                              {"role": "assistant", "content": "привет!"}]}),
     json.dumps({"key": "c1", "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}),
@@ -54,13 +52,13 @@ def root(tmp_path) -> Path:
     with ShardWriter(corpus / "aug" / "noise", max_samples=1) as w:
         for i, seconds in enumerate(NOISE):
             w.write(f"noise-{i}", {"kind": "noise", "source": "synthetic"}, tone(20 + i, seconds))
-    bs.build_pool(CHATS, corpus / "chats", kind="text", progress=False)
+    build_pool(CHATS, corpus / "chats", kind="text", progress=False)
     (corpus / "notes.txt").write_text("not a pool")
     return corpus
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    code = ins.main([*map(str, argv), "--no-progress"])
+    code = shards_main(["inspect", *map(str, argv), "--no-progress"])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -89,17 +87,17 @@ def rewrite_tar(path: Path, edit) -> None:
 # ----------------------------------------------------------------------------- listing
 def test_finds_pools_below_a_folder_and_by_glob(root):
     expected = [root / "aug" / "noise", root / "chats", root / "speech"]
-    assert ins.find_pools(root) == expected
-    assert ins.find_pools(root / "speech") == [root / "speech"]  # a pool folder is itself
-    assert ins.find_pools(f"{root}/*") == expected                # aug/ is searched below
-    assert ins.find_pools(f"{root}/speech/shard-*.tar") == [root / "speech"]
+    assert find_pools(root) == expected
+    assert find_pools(root / "speech") == [root / "speech"]  # a pool folder is itself
+    assert find_pools(f"{root}/*") == expected                # aug/ is searched below
+    assert find_pools(f"{root}/speech/shard-*.tar") == [root / "speech"]
 
 
 def test_listing_figures(root, tmp_path, capsys, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("the listing must not decode audio")
 
-    monkeypatch.setattr("borealis.shards.sf.read", no_decoding)
+    monkeypatch.setattr("soundfile.read", no_decoding)
     code, out, err = run(capsys, root, "--json", tmp_path / "stats.json")
     assert code == 0, out + err
     doc = json.loads((tmp_path / "stats.json").read_text())
@@ -148,10 +146,10 @@ def test_verify_passes_on_good_pools(root, capsys):
     code, out, err = run(capsys, root, "--verify")
     assert code == 0, out + err
     assert out.count("verify     OK") == 3 and "verify: all 3 pool(s) OK" in out
-    script = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_shards.py"), str(root / "speech"),
+    script = subprocess.run([sys.executable, "-m", "borealis.commands", "shards", "inspect", str(root / "speech"),
                              "--verify", "--no-progress"], capture_output=True, text=True, timeout=60)
-    assert script.returncode == 0 and "verify     OK" in script.stdout, script.stderr  # runs as a script too
-    stats = ins.inspect_pool(root / "speech", verify=True)
+    assert script.returncode == 0 and "verify     OK" in script.stdout, script.stderr  # runs as a command too
+    stats = inspect_pool(root / "speech", verify=True)
     assert stats["verified"] and stats["problems"] == [] and stats["samples"] == 8
 
 
@@ -200,7 +198,7 @@ def test_verify_decodes_every_flac(root, capsys):
     assert code == 1
     assert f"pool {pool}: shard shard-000001.tar: sample 'speech-4': undecodable .flac audio" in out
     assert "sha256" not in out.split("PROBLEM", 1)[1]  # the hash matches: decoding found it
-    problems = ins.inspect_pool(pool, verify=True)["problems"]
+    problems = inspect_pool(pool, verify=True)["problems"]
     assert [(p.shard, p.key) for p in problems] == [("shard-000001.tar", "speech-4")]
 
 
@@ -216,7 +214,7 @@ def test_verify_gathers_missing_shards_index_and_duplicate_keys(root, capsys):
     assert "shard shard-000000.tar: sample 'c0': cannot index the tar: duplicate member 'c0.json'" in out
     assert "problem(s) in 3 of 3 pool(s)" in out
     # without an index the shards on disk are still decoded and counted
-    noise = ins.inspect_pool(root / "aug" / "noise", verify=True)
+    noise = inspect_pool(root / "aug" / "noise", verify=True)
     assert (noise["samples"], noise["shards"], len(noise["problems"])) == (2, 2, 1)
 
 
@@ -267,7 +265,7 @@ def test_play_fails_cleanly(root, tmp_path, capsys):
 ])
 def test_bad_paths_and_options(root, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        ins.main([a.format(root=root) for a in argv])
+        shards_main(["inspect", *(a.format(root=root) for a in argv)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err
     if "{root}" in argv[0] and "--" not in " ".join(argv):
