@@ -6,7 +6,7 @@ loads, in one of two formats:
 
 * `hf` (default): `config.json` with `auto_map`, sharded `model*.safetensors`, the tokenizer,
   `preprocessor_config.json` (WhisperFeatureExtractor), `generation_config.json` and the remote
-  code of `borealis/hf_remote/` (torch + transformers only). It serves the seed's client calls:
+  code of `borealis/hf_remote/` (torch + transformers only). It serves the reference client calls:
   `AutoModel.from_pretrained(dir, trust_remote_code=True)`, `model.generate(audio=...,
   user_prompt=..., system_prompt=..., max_new_tokens=...)`, `model.decode(ids[0])`. LoRA is
   merged into the LLM; `keep_adapter=True` writes it as a peft adapter in `lora/` instead.
@@ -38,15 +38,14 @@ import torch
 from transformers import AutoTokenizer, WhisperFeatureExtractor
 
 from borealis.features import HOP_LENGTH, N_FFT, SAMPLE_RATE
-from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
+from borealis.modeling import DTYPES, BorealisForConditionalGeneration, LoraSettings, check_trainable_state
 from borealis.settings import merged_section, plain
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "voxtral")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REMOTE_CODE = Path(__file__).with_name("hf_remote")
-REMOTE_FILES = ("configuration_borealis.py", "modeling_borealis.py")
+REMOTE_FILES = tuple(sorted(p.name for p in REMOTE_CODE.glob("*_borealis.py")))  # the model's code, copied as is
 AUTO_MAP = {"AutoConfig": "configuration_borealis.BorealisConfig",
             "AutoModel": "modeling_borealis.BorealisForConditionalGeneration"}
 LORA_SUBFOLDER = "lora"
@@ -150,20 +149,11 @@ def build_model(settings: dict, checkpoint: dict) -> BorealisForConditionalGener
         adapter=settings["adapter"], trim_audio_tokens=settings["trim_audio_tokens"], lora=settings["lora"],
         encoder_window=settings["encoder_window"],
         freeze_encoder=settings["freeze_encoder"], dtype=torch.float32, tokenizer=tokenizer)
-    state = checkpoint["state_dict"]
-    trained = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    want = set(model.trainable_parameter_names())
-    missing = sorted(want - set(trained))
-    unexpected = sorted(set(trained) - want) + sorted(k for k in state if not k.startswith("model."))
-    mis_shaped = [f"{k} {tuple(v.shape)} vs {tuple(shapes[k])}" for k, v in trained.items()
-                  if k in shapes and v.shape != shapes[k]]
-    if missing or unexpected or mis_shaped:
-        raise ValueError(
-            f"the checkpoint does not match the model its settings describe (adapter={settings['adapter']!r}, "
-            f"lora={settings['lora']}, freeze_encoder={settings['freeze_encoder']}): {len(missing)} missing "
-            f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(mis_shaped)} with another shape "
-            f"{mis_shaped[:5]}; pass the config it was trained with")
+    # "model." keys are the LightningModule's model; any other key stays as it is and is unexpected
+    trained = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    check_trainable_state(model, trained, source=(
+        f"the checkpoint (read as adapter={settings['adapter']!r}, lora={settings['lora']}, "
+        f"freeze_encoder={settings['freeze_encoder']})"))
     result = model.load_state_dict(trained, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     # New embedding rows (the audio tokens) are frozen and not in the checkpoint; `from_parts` gives them
@@ -212,7 +202,8 @@ def export_hf(model: BorealisForConditionalGeneration, out: Path, *, keep_adapte
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from borealis.hf_remote.configuration_borealis import DEFAULT_SYSTEM_PROMPT, BorealisConfig
+    from borealis.hf_remote.configuration_borealis import BorealisConfig
+    from borealis.prompts import DEFAULT_SYSTEM_PROMPT
 
     lora = model.config.lora
     if keep_adapter and not lora:
@@ -350,7 +341,7 @@ def export(ckpt: str | Path, out: str | Path, *, config: str | Path | list[str |
         out: the new model directory.
         config: the training YAML(s) (their `model:` sections, later ones win); None uses the
             checkpoint's hyper_parameters.
-        format: `hf` (remote code, the seed's client API) or `voxtral` (stock transformers class).
+        format: `hf` (remote code, the reference client API) or `voxtral` (stock transformers class).
         keep_adapter: `hf` only: write LoRA as a peft adapter in `lora/` instead of merging it.
         dtype: weights dtype on disk (float32 / bfloat16 / float16); None = the run's `base_dtype`.
         max_shard_size: safetensors shard limit, e.g. "5GB".

@@ -1,11 +1,11 @@
-"""The seed's published shapes, rebuilt on the meta device and checked.
+"""The flagship's shapes and parameter counts, measured on the meta device.
 
 Builds Whisper-large-v3 and Qwen3-4B from their known hyper-parameters (no download, no
 memory: every tensor is on `meta`), assembles Borealis-5B, and measures the numbers the
-write-up reports: token flow 1500x1280 -> 375x5120 -> 375x2560, a 19.66M adapter, 377
-prompt tokens per 30 s without trimming, ~5B parameters, ~0.5B trainable.
+reference write-up reports: token flow 1500x1280 -> 375x5120 -> 375x2560, a 19.66M adapter,
+377 prompt tokens per 30 s without trimming, ~5B parameters, ~0.5B trainable.
 
-    python -m borealis.paper          # prints the table
+    python -m borealis.shapes          # prints the table
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def build_meta_model(lora: LoraSettings | None = LoraSettings(), trim_audio_toke
         return BorealisForConditionalGeneration(config)
 
 
-def paper_numbers(lora: LoraSettings | None = LoraSettings()) -> dict[str, object]:
-    """Measure the seed's headline numbers on a meta-device Borealis-5B."""
+def flagship_numbers(lora: LoraSettings | None = LoraSettings()) -> dict[str, object]:
+    """Measure the reference write-up's headline numbers on a meta-device Borealis-5B."""
     model = build_meta_model(lora)
     cfg = model.config
     with torch.device("meta"):
@@ -83,7 +83,8 @@ def paper_numbers(lora: LoraSettings | None = LoraSettings()) -> dict[str, objec
 
 
 def format_table(numbers: dict[str, object]) -> str:
-    seed = {
+    """The numbers beside the reference write-up's, one row each."""
+    reference = {
         "encoder_out": "1500 x 1280", "stacked": "375 x 5120", "adapter_out": "375 x 2560",
         "adapter_params": "19.66M", "vocab": "151669 + added", "prompt_tokens_30s": "377",
         "total_params": "~5B", "trainable_params": "~500M",
@@ -98,9 +99,9 @@ def format_table(numbers: dict[str, object]) -> str:
             shown = f"{value / 1e6:,.2f}M"
         else:
             shown = str(value)
-        rows.append((key, shown, seed.get(key, "")))
+        rows.append((key, shown, reference.get(key, "")))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'quantity':<{width}}  {'measured':>16}  seed", "-" * (width + 30)]
+    lines = [f"{'quantity':<{width}}  {'measured':>16}  reference", "-" * (width + 35)]
     lines += [f"{k:<{width}}  {v:>16}  {s}" for k, v, s in rows]
     lines.append(f"LoRA: {numbers['lora']}")
     return "\n".join(lines)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha, help="LoRA alpha")
     args = parser.parse_args(argv)
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha) if args.lora_r > 0 else None
-    print(format_table(paper_numbers(lora)))
+    print(format_table(flagship_numbers(lora)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Tiny, deterministic Whisper/Qwen3 parts built in code and saved to local folders.
 
 Everything loads through the same `from_pretrained` code the flagship uses with hub ids;
-nothing is downloaded (HF_HUB_OFFLINE=1). Sizes are the smallest that keep every code path
-real: 2 layers each, widths divisible by the head counts.
+nothing is downloaded (HF_HUB_OFFLINE=1). The configs and the tokenizer come from
+`borealis.demo.models`, the builders of the CPU demo's base models; only the sizes are the
+tests' own: the smallest that keep every code path real (2 layers each, widths divisible by
+the head counts).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Export contracts: the seed's client snippet runs on an export without borealis, token for token.
+"""Export contracts: the reference client snippet (README) runs on an export without borealis, token for token.
 
 A tiny model is "trained" (LoRA and adapter given random weights) and saved as a Lightning
 checkpoint the way `module.py` does it (trainable weights + hyper_parameters), then exported:
-* `hf` merged and `--keep-adapter`: the seed's snippet, run in a subprocess where `import
+* `hf` merged and `--keep-adapter`: the client snippet, run in a subprocess where `import
   borealis` fails, gives the same greedy ids as the in-repo model `borealis predict` uses;
 * `voxtral`: stock `VoxtralForConditionalGeneration` gives the same logits (< 1e-4) and the same
   greedy ids, and what Voxtral cannot express is refused with the reason.
@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,8 @@ from safetensors import safe_open
 
 from borealis.export import export, load_checkpoint, voxtral_problems
 from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
-from conftest import build_tokenizer, load_tool, run_cli, tiny_qwen3_config, tiny_whisper_config
+from borealis.commands import export_main
+from conftest import build_tokenizer, run_cli, tiny_qwen3_config, tiny_whisper_config
 
 SR = 16000
 PROMPT = "What is this audio about? <|start_of_audio|><|end_of_audio|>"
@@ -106,13 +108,13 @@ def hf_exports(tmp_path_factory, trained, parts):
         data: {{}}
         """))
     (root / "ablation.yaml").write_text("model:\n  lora: {alpha: 8, dropout: 0.0}\n")  # merged into base's lora
-    assert load_tool("export").main(["--ckpt", str(ckpt), "--config", str(root / "base.yaml"), "--config",
+    assert export_main(["--ckpt", str(ckpt), "--config", str(root / "base.yaml"), "--config",
                                      str(root / "ablation.yaml"), "--out", str(root / "merged")]) == 0
     export(ckpt, root / "kept", keep_adapter=True, max_shard_size="100KB")
     return root / "merged", root / "kept"
 
 
-# The seed's snippet (DESIGN.md), in a process where borealis cannot be imported.
+# The client snippet (README "Export and inference"), in a process where borealis cannot be imported.
 _CLIENT = """
 import json, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
@@ -156,7 +158,7 @@ print(json.dumps(result))
 """
 
 
-def test_seed_snippet_without_borealis_matches_in_repo_generate(hf_exports, trained, tmp_path):
+def test_client_snippet_without_borealis_matches_in_repo_generate(hf_exports, trained, tmp_path):
     merged, kept = hf_exports
     _, model = trained
     clips = _clips()
@@ -204,12 +206,13 @@ def test_export_layout(hf_exports):
     BorealisForConditionalGeneration.from_pretrained(merged)  # the training package reads it too (strict)
 
     # the remote code imports torch, transformers, the standard library and itself, never borealis
-    for name in ("configuration_borealis.py", "modeling_borealis.py"):
-        tree = ast.parse((merged / name).read_text())
+    for path in merged.glob("*.py"):
+        tree = ast.parse(path.read_text())
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree)
                   if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module}
-        assert roots <= {"__future__", "math", "os", "torch", "transformers", "peft"}, (name, roots)
+        assert roots <= {"__future__", "collections", "dataclasses", "math", "os", "torch", "transformers",
+                         "peft"}, (path.name, roots)
 
     kept_config = json.loads((kept / "config.json").read_text())
     assert kept_config["lora_adapter"] == "lora" and kept_config["lora"]["r"] == 4
@@ -218,6 +221,19 @@ def test_export_layout(hf_exports):
     assert len(shards) > 1 and (kept / "model.safetensors.index.json").is_file()
     with safe_open(kept / "lora" / "adapter_model.safetensors", "pt") as f:  # one file: peft reads no shards
         assert all(k.startswith("base_model.model.model.layers.") and ".lora_" in k for k in f.keys())
+
+
+def test_exported_code_is_the_packages_code_byte_for_byte(hf_exports):
+    """Export copies `borealis/hf_remote/` as it is: the model a client loads is the one borealis runs."""
+    import borealis.hf_remote
+
+    package = Path(borealis.hf_remote.__file__).parent
+    source = sorted(p.name for p in package.glob("*_borealis.py"))
+    assert {"configuration_borealis.py", "modeling_borealis.py"} <= set(source)
+    for export_dir in hf_exports:
+        assert sorted(p.name for p in export_dir.glob("*.py")) == source
+        for name in source:
+            assert (export_dir / name).read_bytes() == (package / name).read_bytes(), name
 
 
 def test_deep_adapter_full_fine_tune_and_bf16_exports(parts, tmp_path):
@@ -327,7 +343,7 @@ def test_bad_inputs_fail_clearly(trained, parts, tmp_path, capsys):
     enc, llm = parts
     with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
         export(tmp_path / "missing.ckpt", tmp_path / "a")
-    assert load_tool("export").main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "a")]) == 2
+    assert export_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "a")]) == 2
     assert "not found" in capsys.readouterr().err
 
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
@@ -344,7 +360,8 @@ def test_bad_inputs_fail_clearly(trained, parts, tmp_path, capsys):
     stripped = load_checkpoint(ckpt)
     del stripped["hyper_parameters"]  # no stored settings to compare: the weights themselves must not fit
     torch.save(stripped, tmp_path / "bare.ckpt")
-    with pytest.raises(ValueError, match=r"does not match the model its settings describe.*another shape"):
+    with pytest.raises(ValueError, match=r"checkpoint \(read as adapter='simple', lora=\{'r': 8.*does not match "
+                                         r"this model's trainable weights: .*shape mismatch"):
         export(tmp_path / "bare.ckpt", tmp_path / "a", config=other)
     with pytest.raises(ValueError, match="no hyper_parameters; pass --config"):
         export(tmp_path / "bare.ckpt", tmp_path / "a")
@@ -360,7 +377,7 @@ def test_bad_inputs_fail_clearly(trained, parts, tmp_path, capsys):
 
 def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_path):
     """`borealis predict --data.predict_files` on the clips, from the same checkpoint, writes the
-    text the seed's snippet decodes (the snippet's ids equal in-repo `generate`, above)."""
+    text the client snippet decodes (the snippet's ids equal in-repo `generate`, above)."""
     import soundfile as sf
 
     ckpt, model = trained

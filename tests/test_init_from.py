@@ -1,4 +1,4 @@
-"""init_from: start a model from a seed-style state dict or a saved/exported Borealis directory."""
+"""init_from: start a model from a state dict of the reference code or a saved/exported Borealis directory."""
 
 from __future__ import annotations
 
@@ -24,17 +24,17 @@ def _trained(tiny_parts) -> BorealisForConditionalGeneration:
     return model
 
 
-def test_seed_state_dict_with_seed_names_loads(tiny_parts, tmp_path):
+def test_reference_state_dict_with_reference_names_loads(tiny_parts, tmp_path):
     source = _trained(tiny_parts)
     names = source.trainable_parameter_names()
     assert any(n.startswith("adapter.w_in") for n in names) and any(".lora_A.weight" in n for n in names)
-    assert not any("base_layer" in n or ".default." in n for n in names)  # the seed's plain names, not peft's
+    assert not any("base_layer" in n or ".default." in n for n in names)  # the reference plain names, not peft's
     state = {k: v for k, v in source.state_dict().items() if k in set(names)}
-    torch.save({"state_dict": state}, tmp_path / "seed_pretrain.pt")  # the seed's code saved trainables only
+    torch.save({"state_dict": state}, tmp_path / "reference_pretrain.pt")  # the reference code saved trainables only
 
     model = _model(tiny_parts, seed=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = load_init_weights(model, tmp_path / "seed_pretrain.pt")
+    report = load_init_weights(model, tmp_path / "reference_pretrain.pt")
     assert report == {"loaded": len(names), "fresh_lora": 0}
     after = model.state_dict()
     for k in names:

@@ -1,10 +1,10 @@
-"""The seed's numbers, measured on Borealis-5B built on the meta device."""
+"""The flagship's shapes and counts, measured on Borealis-5B built on the meta device."""
 
-from borealis.paper import format_table, paper_numbers
+from borealis.shapes import flagship_numbers, format_table, main
 
 
-def test_paper_table_matches_the_seed():
-    n = paper_numbers()
+def test_flagship_table_matches_the_reference_write_up():
+    n = flagship_numbers()
     assert n["encoder_out"] == (1500, 1280)
     assert n["stacked"] == (375, 5120)
     assert n["adapter_out"] == (375, 2560)
@@ -13,7 +13,7 @@ def test_paper_table_matches_the_seed():
     assert n["vocab"] == 151669 + 3
     assert n["prompt_tokens_30s"] == 377
     assert 4.8e9 < n["total_params"] < 5.4e9
-    # default LoRA (configs/it_fresh.yaml) + adapter lands near the seed's ~500M trainable
+    # default LoRA (configs/it_fresh.yaml) + adapter lands near the reference write-up's ~500M trainable
     assert 0.45e9 < n["trainable_params"] < 0.6e9
     assert n["trainable_params"] == n["lora_params"] + n["adapter_params"]
     table = format_table(n)
@@ -21,8 +21,15 @@ def test_paper_table_matches_the_seed():
 
 
 def test_deep_adapter_is_about_80m():
-    from borealis.paper import build_meta_model
+    from borealis.shapes import build_meta_model
 
     model = build_meta_model(adapter="deep")
     params = sum(p.numel() for p in model.adapter.parameters())
     assert 75e6 < params < 85e6
+
+
+def test_command_prints_the_table_with_the_lora_rank(capsys):
+    main(["--lora-r", "0"])  # full fine-tuning: every LLM weight trains
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["quantity", "measured", "reference"]
+    assert "LoRA: None" in out and "375 x 2560" in out

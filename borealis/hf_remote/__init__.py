@@ -1,8 +1,10 @@
-"""Hugging Face remote code for exported Borealis models (written by `borealis.export`).
+"""The Borealis model for inference, and the remote code of every exported model.
 
-`configuration_borealis.py` and `modeling_borealis.py` are copied verbatim into every
-exported directory and loaded by `AutoModel.from_pretrained(dir, trust_remote_code=True)`
-on machines that do not have borealis, so they import only torch and transformers (and
-each other, relatively). This package file exists so that setuptools ships them; at run
-time only `borealis.export` (to copy them) and the tests touch them.
+The `*_borealis.py` files are the only implementation of the log-mel, frame stacking, the
+adapters, audio-token counts, prompt encoding, the splice and `generate`. The training
+package imports them (`borealis.features`, `adapters`, `prompts`, `modeling`), and
+`borealis.export` copies them as they are into every exported directory, where
+`AutoModel.from_pretrained(dir, trust_remote_code=True)` loads them on machines without
+borealis. So they import only torch, transformers, the standard library and each other
+(relatively), and this file imports nothing.
 """

@@ -1,6 +1,8 @@
-"""An exported Borealis model: the `AutoModel` half of its remote code.
+"""The Borealis audio-language model: Whisper encoder -> k-frame stacking -> adapter -> causal LM.
 
-What: `BorealisForConditionalGeneration` for directories written by `tools/export.py`:
+What: `BorealisForConditionalGeneration`, the model that inference runs, in the training
+package (`borealis.modeling` adds LoRA injection and the training loss on top of it) and in
+every exported directory, where plain transformers loads it:
 
     model = AutoModel.from_pretrained(path, trust_remote_code=True, device="cuda")
     ids = model.generate(audio=<1-D float tensor, 16 kHz>,
@@ -8,13 +10,15 @@ What: `BorealisForConditionalGeneration` for directories written by `tools/expor
                          system_prompt="You are a helpful voice assistant.", max_new_tokens=256)
     text = model.decode(ids[0])
 
-Why: the published model is used from plain transformers, where the training package
-(`borealis`) is not installed, so this file imports only torch and transformers. It repeats
-the few pieces Borealis owns (log-mel in torch, k-frame stacking, the adapters, the ChatML
-prompt with N `<|AUDIO|>` slots, the `masked_scatter` splice) with the same arithmetic and
-the same parameter names as the training package (`encoder.*`, `adapter.w_in`, `llm.*`);
-`tests/test_export.py` holds greedy outputs equal, token for token, to
-`borealis.modeling.BorealisForConditionalGeneration.generate` on the same weights.
+Why this shape: a published model is used where the training package is not installed, so
+this folder imports only torch, transformers and its own files (relatively), and
+`borealis.export` copies the files as they are. The model is composed from Hugging Face
+parts, as transformers' Voxtral is: `WhisperEncoder` and any `AutoModelForCausalLM`. What
+Borealis owns is small: the log-mel (`features_borealis.py`), the stacking and adapter
+(`adapters_borealis.py`), the ChatML prompt with N `<|AUDIO|>` slots (`prompts_borealis.py`)
+and the splice: all audio rows of a batch go through the encoder at once, and their N_i
+valid adapter outputs fill the slots with one `masked_scatter`, no Python loop over samples.
+Parameter names (`encoder.*`, `adapter.w_in`, `llm.*`) are the reference module's.
 
 LoRA: exports merge it by default. An export made with `--keep-adapter` holds the LLM's
 peft adapter in the `lora_adapter` subfolder (a standard `adapter_config.json` +
@@ -22,193 +26,102 @@ peft adapter in the `lora_adapter` subfolder (a standard `adapter_config.json` +
 missing rather than silently running the base model. It is a subfolder because transformers
 treats an `adapter_config.json` at the top of a directory as an adapter for the whole model.
 
-Cost: one STFT + one matmul for the log-mel, the Whisper encoder on the full window (30 s for
-large-v3) per clip, then ordinary KV-cached greedy decoding of the LLM.
+Cost: one STFT + one matmul for the log-mel, the Whisper encoder on its window per clip,
+then KV-cached greedy decoding of the LLM, the batch's shared prompt prefix prefilled once.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, WhisperFeatureExtractor
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from .adapters_borealis import ADAPTERS, stack_frames
 from .configuration_borealis import BorealisConfig
+from .features_borealis import WhisperLogMel, window_frames
+from .prompts_borealis import (AUDIO_END, AUDIO_PLACEHOLDER, AUDIO_START, AUDIO_TOKEN, IM_END, PromptBuilder,
+                               num_audio_tokens)
 
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160  # 10 ms per mel frame
-N_FFT = 400
-AUDIO_TOKEN, AUDIO_START, AUDIO_END = "<|AUDIO|>", "<|start_of_audio|>", "<|end_of_audio|>"
-AUDIO_PLACEHOLDER = AUDIO_START + AUDIO_END
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
-# ---------------------------------------------------------------------- audio front end
-class WhisperLogMel(nn.Module):
-    """Batched Whisper log-mel of the encoder's full window (as `borealis.features`)."""
-
-    def __init__(self, num_mel_bins: int = 128, max_source_positions: int = 1500) -> None:
-        super().__init__()
-        self.num_mel_bins = num_mel_bins
-        self.num_frames = 2 * max_source_positions
-        self.num_samples = self.num_frames * HOP_LENGTH
-        self.register_buffer("mel_filters", self._filters(), persistent=False)
-        self.register_buffer("window", torch.hann_window(N_FFT, dtype=torch.float32), persistent=False)
-
-    def _filters(self) -> torch.Tensor:
-        extractor = WhisperFeatureExtractor(
-            feature_size=self.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, n_fft=N_FFT,
-            chunk_length=max(1, math.ceil(self.num_samples / SAMPLE_RATE)))
-        return torch.from_numpy(extractor.mel_filters).float().T  # (M, n_fft // 2 + 1)
-
-    @torch.no_grad()
-    def reset_buffers(self) -> None:
-        """Recompute the (non-persistent) buffers, e.g. after transformers built the model on `meta`."""
-        self.mel_filters.copy_(self._filters())
-        self.window.copy_(torch.hann_window(N_FFT, dtype=torch.float32))
-
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
-                num_frames: int | None = None) -> torch.Tensor:
-        """(B, S) 16 kHz audio, zero-padded on the right, and (B,) valid samples -> (B, M, num_frames).
-
-        A window shorter than the full one (`num_frames`, from `window_frames`) gives the full
-        window's first frames exactly: two extra frames are computed for the peak.
-        """
-        frames = self.num_frames if num_frames is None else num_frames
-        extra = 0 if frames >= self.num_frames else 2
-        waveforms = waveforms.float()
-        if lengths is not None:
-            keep = torch.arange(waveforms.shape[-1], device=waveforms.device) < lengths[:, None]
-            waveforms = waveforms * keep
-        s, want = waveforms.shape[-1], (frames + extra) * HOP_LENGTH
-        if s < want:
-            waveforms = nn.functional.pad(waveforms, (0, want - s))
-        elif s > want:
-            waveforms = waveforms[:, :want]
-        # .float(): the buffers follow a model-wide .to(bfloat16); the spectrogram stays float32
-        stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window.float(), return_complex=True)
-        power = (stft[..., :-1].abs() ** 2).contiguous()  # (B, F, T): drop the extra centre frame
-        mel = self.mel_filters.float() @ power  # (B, M, T)
-        log_spec = torch.clamp(mel, min=1e-10).log10()
-        peak = log_spec.amax(dim=(1, 2), keepdim=True)
-        log_spec = torch.maximum(log_spec[..., :frames], peak - 8.0)
-        return (log_spec + 4.0) / 4.0
-
-
-def window_frames(longest_samples: int, downsample_factor: int, max_source_positions: int) -> int:
-    """Mel frames of the shortest window holding a clip of `longest_samples`: whole 2k-frame steps."""
-    step = 2 * downsample_factor
-    frames = -(-max(int(longest_samples), 1) // HOP_LENGTH)
-    return min(-(-frames // step) * step, 2 * max_source_positions)
-
-
 def run_encoder(encoder: WhisperEncoder, input_features: torch.Tensor) -> torch.Tensor:
-    """Whisper encoder hidden states for a log-mel of up to the full window (transformers' forward
-    takes the full window only; a shorter one runs its modules in the same order)."""
+    """`WhisperEncoder` hidden states for a log-mel of up to the full window.
+
+    transformers' forward insists on exactly the full window; for a shorter one this runs its
+    own modules (convs, the first T' positional embeddings, layers, final norm) in the same
+    order, and `tests/test_modeling.py` holds the two to equality on the full window. No
+    layerdrop (0 in every Whisper checkpoint).
+    """
     if input_features.shape[-1] == 2 * encoder.config.max_source_positions:
         return encoder(input_features).last_hidden_state
     hidden = nn.functional.gelu(encoder.conv1(input_features))
-    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)  # (B, T', D)
     hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
     for layer in encoder.layers:
         hidden = layer(hidden, None)
     return encoder.layer_norm(hidden)
 
 
-def stack_frames(hidden: torch.Tensor, factor: int) -> torch.Tensor:
-    """(B, T, D) -> (B, ceil(T / k), k * D): every k consecutive frames concatenated, tail zero-padded."""
-    b, t, d = hidden.shape
-    pad = (-t) % factor
-    if pad:
-        hidden = nn.functional.pad(hidden, (0, 0, 0, pad))
-    return hidden.reshape(b, (t + pad) // factor, factor * d)
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         audio_token_id: int) -> tuple[int, torch.Tensor]:
+    """Tokens every row of a left-padded batch starts with, before any audio slot.
+
+    Args:
+        input_ids, attention_mask: (B, L), each row's tokens right-aligned (the collator's `left_pad`).
+
+    Returns:
+        (P, start): P shared leading tokens (0 if the mask is not left padding), at most each
+        row's length - 1 so that every row keeps a token to prefill; start (B,) the first real
+        column of each row.
+    """
+    lengths = attention_mask.sum(1)  # (B,)
+    width = input_ids.shape[1]
+    start = width - lengths
+    columns = torch.arange(width, device=input_ids.device)
+    shortest = int(lengths.min())
+    if shortest < 2 or not torch.equal(attention_mask.bool(), columns >= start[:, None]):
+        return 0, start
+    aligned = input_ids.gather(1, start[:, None] + columns[:shortest])  # (B, shortest): real tokens, left-aligned
+    shared = (aligned == aligned[:1]).all(0) & (aligned[0] != audio_token_id)  # (shortest,)
+    return min(int(shared.int().cumprod(0).sum()), shortest - 1), start
 
 
-def num_audio_tokens(num_samples: torch.Tensor | int, *, downsample_factor: int, max_source_positions: int,
-                     trim: bool) -> torch.Tensor | int:
-    """`<|AUDIO|>` slots for a clip: ceil(mel_frames / 2k) when trimming, else the full window."""
-    full = -(-max_source_positions // downsample_factor)
-    if not trim:
-        return torch.full_like(num_samples, full) if torch.is_tensor(num_samples) else full
-    frames = num_samples // HOP_LENGTH
-    n = (frames + 2 * downsample_factor - 1) // (2 * downsample_factor)
-    return n.clamp(max=full) if torch.is_tensor(n) else min(n, full)
-
-
-# ---------------------------------------------------------------------- adapters
-class AudioLanguageAdapter(nn.Module):
-    """Linear(k*D -> H, no bias) -> GELU -> Linear(H -> H, no bias)."""
-
-    def __init__(self, input_dim: int, output_dim: int) -> None:
-        super().__init__()
-        self.w_in = nn.Linear(input_dim, output_dim, bias=False)
-        self.gelu = nn.GELU()
-        self.w_out = nn.Linear(output_dim, output_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, k*D) -> (B, N, H)."""
-        return self.w_out(self.gelu(self.w_in(x)))
-
-
-class _ResidualMLPBlock(nn.Module):
-    def __init__(self, dim: int, expansion: float, dropout: float) -> None:
-        super().__init__()
-        inner = int(dim * expansion)
-        self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, inner)
-        self.fc2 = nn.Linear(inner, dim)
-        self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dropout(self.fc2(self.act(self.fc1(self.norm(x)))))
-
-
-class AudioLanguageAdapterDeep(nn.Module):
-    """w_in -> 3 x [LayerNorm -> Linear -> GELU -> Linear -> dropout, + residual] -> LayerNorm -> w_out."""
-
-    def __init__(self, input_dim: int, output_dim: int, num_blocks: int = 3, expansion: float = 1.5,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-        self.w_in = nn.Linear(input_dim, output_dim, bias=False)
-        self.blocks = nn.ModuleList(_ResidualMLPBlock(output_dim, expansion, dropout) for _ in range(num_blocks))
-        self.norm = nn.LayerNorm(output_dim)
-        self.w_out = nn.Linear(output_dim, output_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, k*D) -> (B, N, H)."""
-        x = self.w_in(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.w_out(self.norm(x))
-
-
-ADAPTERS = {"simple": AudioLanguageAdapter, "deep": AudioLanguageAdapterDeep}
-
-
-# ---------------------------------------------------------------------- model
 class BorealisForConditionalGeneration(PreTrainedModel):
-    """Whisper encoder + k-frame stacking + adapter + causal LM, for inference from transformers."""
+    """Whisper encoder + k-frame stacking + adapter + causal LM.
+
+    Args:
+        config: the model's `BorealisConfig`.
+        encoder: a pretrained Whisper encoder to use (None builds one from the config).
+        llm: a pretrained causal LM to use (None builds one from the config).
+        tokenizer: the LLM's tokenizer with the audio tokens (`from_pretrained` loads it).
+    """
 
     config_class = BorealisConfig
     base_model_prefix = "borealis"
     main_input_name = "input_ids"
     _no_split_modules = ["WhisperEncoderLayer", "Qwen3DecoderLayer"]
-    _supports_sdpa = True
 
-    def __init__(self, config: BorealisConfig) -> None:
+    def __init__(self, config: BorealisConfig, *, encoder: WhisperEncoder | None = None,
+                 llm: PreTrainedModel | None = None, tokenizer=None) -> None:
         super().__init__(config)
-        self.encoder = WhisperEncoder(config.encoder_config)
-        self.llm = AutoModelForCausalLM.from_config(config.llm_config)
+        self.encoder = encoder if encoder is not None else WhisperEncoder(config.encoder_config)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.llm_config)
         k, d = config.downsample_factor, config.encoder_config.d_model
         self.adapter = ADAPTERS[config.adapter](k * d, config.llm_config.hidden_size)
-        self.features = WhisperLogMel(config.encoder_config.num_mel_bins, config.encoder_config.max_source_positions)
-        self.tokenizer = None
+        self.features = WhisperLogMel.from_encoder_config(config.encoder_config)
+        self.tokenizer = tokenizer
+        self._prompts: PromptBuilder | None = None
+        self._configure_parts()
         self.post_init()
+
+    def _configure_parts(self) -> None:
+        """Adjust the built parts before `post_init` initialises what is new: nothing here; training
+        (`borealis.modeling`) injects LoRA and freezes parts, so `post_init` sees the LoRA layers."""
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, WhisperLogMel):
@@ -216,6 +129,7 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         elif module is not self:
             super()._init_weights(module)  # only for weights missing from the checkpoint
 
+    # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, device: str | torch.device | None = None,
                         **kwargs) -> BorealisForConditionalGeneration:
@@ -267,22 +181,65 @@ class BorealisForConditionalGeneration(PreTrainedModel):
             raise ValueError(f"the tokenizer does not match config.json: token -> (tokenizer id, config id) {bad}; "
                              f"{IM_END!r} -> {ids[IM_END]}; export the model again with its own tokenizer")
 
-    # ------------------------------------------------------------------ forward
-    def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the window."""
-        enc_dtype = next(self.encoder.parameters()).dtype
-        hidden = run_encoder(self.encoder, input_features.to(enc_dtype))  # (B, T_mel / 2, D)
-        stacked = stack_frames(hidden, self.config.downsample_factor)  # (B, N_max, k * D)
-        return self.adapter(stacked.to(self.adapter.w_in.weight.dtype))
+    # ------------------------------------------------------------------ audio
+    @property
+    def prompts(self) -> PromptBuilder:
+        """The prompt builder of this model's tokenizer, audio geometry and system prompt."""
+        if self._prompts is None:
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer; build it with from_parts or load it with from_pretrained")
+            self._prompts = PromptBuilder(
+                self.tokenizer, downsample_factor=self.config.downsample_factor,
+                max_source_positions=self.config.encoder_config.max_source_positions,
+                trim_audio_tokens=self.config.trim_audio_tokens, system_prompt=self.config.system_prompt)
+        return self._prompts
 
     def num_audio_tokens(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
         return num_audio_tokens(num_samples, downsample_factor=self.config.downsample_factor,
                                 max_source_positions=self.config.encoder_config.max_source_positions,
                                 trim=self.config.trim_audio_tokens)
 
+    def encoder_frames(self, longest_samples: int) -> int:
+        """Encoder positions a batch whose longest clip has `longest_samples` runs through."""
+        if self.config.encoder_window == "full":
+            return self.config.encoder_config.max_source_positions
+        return self._window_frames(longest_samples) // 2
+
+    def _window_frames(self, longest_samples: int) -> int:
+        return window_frames(longest_samples, self.config.downsample_factor,
+                             self.config.encoder_config.max_source_positions)
+
+    def log_mel(self, waveforms: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
+        """(A, S) padded audio + (A,) lengths -> (A, M, T_mel) log-mel of the configured window.
+
+        The `batch` window is sized from S, the padded width (collation pads to the longest
+        clip), not from `audio_lengths.max()`, which would cost a device sync per step.
+        """
+        if self.config.encoder_window == "full":
+            return self.features(waveforms, audio_lengths)
+        return self.features(waveforms, audio_lengths, self._window_frames(waveforms.shape[-1]))
+
+    def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
+        """(B, M, T_mel) log-mel -> (B, N_max, H) adapter outputs for the window (T_mel / 2k)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            enc_dtype = next(self.encoder.parameters()).dtype
+            hidden = run_encoder(self.encoder, input_features.to(enc_dtype))  # (B, T_mel / 2, D)
+        stacked = stack_frames(hidden, self.config.downsample_factor)  # (B, N_max, k * D)
+        return self.adapter(stacked.to(self.adapter.w_in.weight.dtype))
+
     def embed(self, input_ids: torch.Tensor, waveforms: torch.Tensor | None = None,
               audio_lengths: torch.Tensor | None = None, input_features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) ids with N_i `<|AUDIO|>` slots per clip, (A, S) audio + (A,) lengths -> (B, L, H) embeddings."""
+        """Token embeddings with adapter outputs written into the `<|AUDIO|>` slots.
+
+        Args:
+            input_ids: (B, L) prompt ids holding N_i `<|AUDIO|>` tokens per audio row.
+            waveforms: (A, S) padded 16 kHz audio of the A rows that have audio, in row order.
+            audio_lengths: (A,) valid samples per audio row.
+            input_features: (A, M, T_mel) precomputed log-mel, instead of waveforms.
+
+        Returns:
+            (B, L, H) input embeddings for the LLM.
+        """
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, H)
         slots = input_ids == self.config.audio_token_id  # (B, L)
         if waveforms is None and input_features is None:
@@ -292,76 +249,37 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         if audio_lengths is None:
             raise ValueError("audio_lengths is required with audio: (A,) valid samples per clip")
         if input_features is None:
-            frames = None
-            if getattr(self.config, "encoder_window", "full") == "batch":  # padded width: no device sync
-                frames = window_frames(waveforms.shape[-1], self.config.downsample_factor,
-                                       self.config.encoder_config.max_source_positions)
-            input_features = self.features(waveforms, audio_lengths, frames)  # (A, M, T_mel)
+            input_features = self.log_mel(waveforms, audio_lengths)  # (A, M, T_mel)
         audio = self.encode_audio(input_features)  # (A, N_max, H)
         n = self.num_audio_tokens(audio_lengths)  # (A,)
         valid = torch.arange(audio.shape[1], device=audio.device) < n[:, None]  # (A, N_max)
         if int(slots.sum()) != int(n.sum()):
             raise ValueError(
                 f"the prompts hold {int(slots.sum())} {AUDIO_TOKEN} tokens but the audio gives {int(n.sum())} "
-                f"embeddings ({n.tolist()} per clip); build prompts with encode_prompt(num_samples=...) so each "
-                f"clip's placeholder expands to exactly its N tokens, in the same row order as the audio")
+                f"embeddings ({n.tolist()} per clip); build prompts with model.prompts.encode(messages, "
+                f"num_samples=...) so each clip's placeholder expands to exactly its N tokens, in the same row "
+                f"order as the audio")
         return embeds.masked_scatter(slots[..., None], audio[valid].to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, waveforms: torch.Tensor | None = None,
                 audio_lengths: torch.Tensor | None = None, input_features: torch.Tensor | None = None, **kwargs):
-        """LLM output (logits, loss with `labels`) for (B, L) ids and the audio of their slots (see `embed`)."""
+        """LLM output: logits, and the LM loss with `labels` (-100 on ignored tokens).
+
+        Args:
+            input_ids: (B, L); attention_mask: (B, L); labels: (B, L).
+            waveforms / audio_lengths / input_features: see `embed`.
+        """
         embeds = self.embed(input_ids, waveforms, audio_lengths, input_features)
+        # No KV cache unless asked (`generate` has its own): a loss pass never reads one, and under
+        # activation checkpointing (FSDP) the recomputed layers would append to it a second time.
+        kwargs.setdefault("use_cache", False)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
-    # ------------------------------------------------------------------ prompts and generation
+    # ------------------------------------------------------------------ generation
     def encode_prompt(self, messages: list[dict[str, str]], num_samples: int | None) -> list[int]:
-        """ChatML ids of a chat ready for generation; the audio placeholder becomes start + N slots + end.
-
-        Segments are tokenised one by one, exactly as the training package's `PromptBuilder`.
-        """
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer; load it with from_pretrained")
-        messages = list(messages)
-        system = self.config.system_prompt
-        if messages and messages[0]["role"] != "system" and system:
-            messages.insert(0, {"role": "system", "content": system})
-        holders = sum(m["content"].count(AUDIO_PLACEHOLDER) for m in messages)
-        expected = 0 if num_samples is None else 1
-        if holders != expected:
-            raise ValueError(
-                f"a prompt needs {expected} audio placeholder(s) {AUDIO_PLACEHOLDER!r} "
-                f"({'audio' if num_samples is not None else 'no audio'} given), found {holders}; "
-                "write exactly one placeholder in the user prompt")
-        segments: list[str] = []
-        for m in messages:
-            segments.append(f"{IM_START}{m['role']}\n")
-            body = m["content"]
-            if AUDIO_PLACEHOLDER in body:
-                before, after = body.split(AUDIO_PLACEHOLDER)
-                segments += [before, AUDIO_PLACEHOLDER, after + IM_END]
-            else:
-                segments.append(body + IM_END)
-            segments.append("\n")
-        segments.append(f"{IM_START}assistant\n")
-        pieces = iter(self.tokenizer([s for s in segments if s != AUDIO_PLACEHOLDER],
-                                     add_special_tokens=False)["input_ids"])
-        ids: list[int] = []
-        for s in segments:
-            if s == AUDIO_PLACEHOLDER:
-                n = int(self.num_audio_tokens(num_samples))
-                ids += [self.config.audio_start_id] + [self.config.audio_token_id] * n + [self.config.audio_end_id]
-            else:
-                ids += next(pieces)
-        return ids
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.convert_tokens_to_ids(IM_END)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        """ChatML ids of a chat ready for generation; the audio placeholder becomes start + N slots + end."""
+        return self.prompts.encode(messages, num_samples=num_samples, generation=True).input_ids
 
     @torch.no_grad()
     def generate(self, audio: torch.Tensor | list[torch.Tensor] | None = None, user_prompt: str | None = None,
@@ -369,14 +287,18 @@ class BorealisForConditionalGeneration(PreTrainedModel):
                  input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  waveforms: torch.Tensor | None = None, audio_lengths: torch.Tensor | None = None,
                  **generate_kwargs) -> torch.Tensor:
-        """Greedy (by default) KV-cached generation; returns (B, new_tokens) ids.
+        """Greedy (by default) generation with the KV cache; returns (B, new_tokens) ids.
+
+        In a batch, the prompt prefix every row shares (system turn, instruction) is prefilled
+        once (`_prefill_shared_prefix`); pass `cache=None` to prefill every row whole.
 
         Args:
             audio: a 1-D float tensor (or array) at 16 kHz, or a list of them (a batch, left-padded).
             user_prompt: the user turn with one `<|start_of_audio|><|end_of_audio|>` placeholder.
             system_prompt: the system turn; None or "" uses `config.system_prompt`.
             max_new_tokens: generation limit.
-            input_ids / attention_mask / waveforms / audio_lengths: a prepared left-padded batch instead.
+            input_ids / attention_mask / waveforms / audio_lengths: a prepared left-padded batch
+                (the collator's) instead of `audio` and `user_prompt`.
             **generate_kwargs: passed to the LLM's `generate` (e.g. do_sample=True).
         """
         if audio is not None:
@@ -384,11 +306,43 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         if input_ids is None:
             raise ValueError("generate needs either audio= and user_prompt= or input_ids=")
         embeds = self.embed(input_ids, waveforms, audio_lengths)
+        prompts = self.prompts
         generate_kwargs.setdefault("do_sample", False)
+        if attention_mask is not None and "cache" not in generate_kwargs:
+            embeds, attention_mask, generate_kwargs["cache"] = self._prefill_shared_prefix(
+                input_ids, attention_mask, embeds)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, **generate_kwargs)
+                                 eos_token_id=prompts.eos_token_id, pad_token_id=prompts.pad_token_id,
+                                 **generate_kwargs)
+
+    def _prefill_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embeds: torch.Tensor):
+        """Run the prompt prefix that every row shares once and hand its KV cache to `generate`.
+
+        Why: a benchmark's rows share the system turn and the instruction up to the audio (20 of
+        ~45 prompt tokens in the demo); prefilling them once per batch instead of once per row
+        saves that share of the prefill (tools/bench_validate.py). The rows are rearranged from
+        [pad | prefix | rest] to [prefix | pad | rest], so each row's tokens keep their positions
+        (`generate` numbers them from the attention mask) and see the same keys and values.
+
+        Returns (embeds, attention_mask, cache) for `generate`; cache None (inputs unchanged)
+        for one row, a batch that is not left-padded, or no shared prefix.
+        """
+        rows, width = input_ids.shape
+        p, start = (0, None) if rows == 1 else shared_prefix_length(input_ids, attention_mask,
+                                                                     self.config.audio_token_id)
+        if p == 0:
+            return embeds, attention_mask, None
+        first = int(start[0])
+        prefix = embeds[:1, first:first + p]  # (1, P, H)
+        cache = self.llm.get_decoder()(inputs_embeds=prefix, use_cache=True).cache  # no logits: only the KV cache
+        cache.batch_repeat_interleave(rows)
+        embeds = torch.cat([prefix.expand(rows, -1, -1), embeds[:, p:]], dim=1)  # (B, L, H): prefix, then the rest
+        rest = torch.arange(width - p, device=start.device) >= start[:, None]  # (B, L - P): a row's own tokens
+        attention_mask = torch.cat([attention_mask.new_ones(rows, p), rest.to(attention_mask.dtype)], dim=1)
+        return embeds, attention_mask, cache
 
     def _client_batch(self, audio, user_prompt: str | None, system_prompt: str | None):
+        """(input_ids, attention_mask, waveforms, audio_lengths) of clips under one prompt, left-padded."""
         clips = [audio] if getattr(audio, "ndim", None) == 1 else list(audio)  # a tensor / array, or several
         if user_prompt is None:
             raise ValueError(f"user_prompt is required, e.g. 'What is this audio about? {AUDIO_PLACEHOLDER}'")
@@ -397,7 +351,8 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         encoded = [self.encode_prompt(messages, num_samples=len(c)) for c in clips]
         device = self.adapter.w_in.weight.device
         width = max(len(e) for e in encoded)
-        ids = torch.tensor([[self.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+        pad = self.prompts.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
         lengths = torch.tensor([len(c) for c in clips], device=device)
         waves = nn.utils.rnn.pad_sequence([torch.as_tensor(c).float().reshape(-1).to(device) for c in clips],
