@@ -478,3 +478,29 @@ def test_delay_prepends_silence_and_fits_the_window():
     out = effect.apply(audio, rng, max_samples=9000)
     assert out.size == 9000 and effect.last["seconds"] == 1000 / 16_000  # shrunk to fit the window
     assert effect.apply(audio, rng, max_samples=8000).size == 8000  # no room: no delay
+
+
+def _effects(cls=aug.Effect):
+    for sub in cls.__subclasses__():
+        if sub.__module__ == aug.__name__ and not sub.__name__.startswith("_"):
+            yield sub
+        yield from _effects(sub)
+
+
+def test_each_effect_declares_what_it_does_to_a_clips_length(pools):
+    """`keeps_length` is what the training stream trusts to defer augmentation to the batch."""
+    needs_pool = {BackgroundNoise: pools["noise"], ImpulseResponse: pools["ir_room"]}
+    changes = {Speed: {"factor": (0.8, 0.8)}, aug.Delay: {"seconds": (0.1, 0.1)}}  # a change of length, surely
+    clip = speech_like(0.77)
+    seen = set()
+    for cls in _effects():
+        effect = cls(needs_pool[cls], p=1.0) if cls in needs_pool else cls(p=1.0, **changes.get(cls, {}))
+        for seed in range(3):
+            same = len(effect.apply(clip, np.random.default_rng(seed), 30 * SR)) == len(clip)
+            assert same == effect.keeps_length, f"{cls.__name__}: keeps_length={effect.keeps_length}"
+        seen.add(cls)
+    assert {BackgroundNoise, ImpulseResponse, Equalizer, Gain, BandPass, ResampleRoundTrip, Telephony, Codec,
+            Clipping, PitchShift, Speed, aug.Delay} <= seen
+    assert AugmentationStage("all", effects=[Gain(), Clipping()]).keeps_length
+    assert not AugmentationStage("speed", effects=[Gain(), Speed()]).keeps_length
+    assert AugmentationStage("none").keeps_length  # nothing to change a length

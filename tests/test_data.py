@@ -1,12 +1,26 @@
 """Data contracts: mixture shares, exact validation coverage, label masks, rank balance."""
 
+import itertools
 from collections import Counter
+
+import numpy as np
 
 import pytest
 from conftest import build_tokenizer, make_pool, tone_id
 from torch.utils.data import DataLoader
 
-from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, slot_units
+from borealis.data import (
+    Batching,
+    BorealisDataModule,
+    MixtureStream,
+    Pool,
+    RngStream,
+    bucketed,
+    replay,
+    slot_units,
+    stream_seed,
+    worker_role,
+)
 from borealis.prompts import IGNORE_INDEX, PromptBuilder
 
 
@@ -157,3 +171,63 @@ def test_prompt_token_cache_is_bounded_and_changes_no_ids(prompts, monkeypatch):
         want = [t for ids in prompts.tokenizer(segments, add_special_tokens=False)["input_ids"] for t in ids]
         assert got.input_ids == want
         assert len(fresh._ids) <= 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"weight": 0.0}, "weight must be a positive number, got 0.0"),
+    ({"weight": -1.0}, "weight must be a positive number"),
+    ({"weight": float("nan")}, "weight must be a positive number"),
+    ({"start_epoch": -1}, "start_epoch must be an integer >= 0, got -1"),
+    ({"name": ""}, "name is empty"),
+])
+def test_pool_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Pool(**{"name": "a", "shards": "x", **kwargs})
+
+
+def test_named_rng_streams_keep_their_seeds():
+    """The stream tags are part of every seed: changing one changes every draw of a run."""
+    assert (int(RngStream.MIXTURE), int(RngStream.AUGMENTATION)) == (1, 2)
+    assert stream_seed(RngStream.MIXTURE, 5, 2, 3) == [5, 2, 3, 1]
+    assert stream_seed(RngStream.AUGMENTATION, 5, 2, 3, 17) == [5, 2, 3, 2, 17]
+    want = np.random.default_rng([5, 2, 3, 2, 17]).random(4)
+    assert np.array_equal(np.random.default_rng(stream_seed(RngStream.AUGMENTATION, 5, 2, 3, 17)).random(4), want)
+
+
+def test_text_pool_is_its_own_pool_after_the_speech_pools(pools, prompts):
+    stream = MixtureStream([Pool("a", str(pools / "a")), Pool("b", str(pools / "b"))], prompts,
+                           Batching(batch_size=4), text_shards=str(pools / "text"), text_ratio=0.1)
+    assert [p.name for p in stream.pools] == ["a", "b"] and stream.text.name == "text"
+    assert [p.order_tag for p in stream.pools] == [0, 1] and stream.text.order_tag == 2
+    no_text = MixtureStream([Pool("a", str(pools / "a"))], prompts, Batching(batch_size=4),
+                            text_shards=str(pools / "text"), text_ratio=0.0)
+    assert no_text.text is None
+
+
+def test_worker_roles_and_replay_resume_where_the_loader_stopped():
+    """After c consumed batches, the loader's worker 0 yields batch c: it plays role c % W."""
+    for workers in (1, 2, 3):
+        for consumed in range(8):
+            roles = [worker_role(w, workers, consumed) for w in range(workers)]
+            assert roles[0][0] == consumed % workers
+            assert sorted(r for r, _ in roles) == list(range(workers))
+            assert sum(skip for _, skip in roles) == consumed  # every consumed batch replayed once
+    marks = []
+    out = list(replay(iter([["a"], ["b"], ["c"], ["d"]]), 2, lambda: marks.append("caught up")))
+    assert out == [["c"], ["d"]] and marks == ["caught up"]
+
+
+def test_bucketed_sorts_cuts_and_stops_reading_when_the_consumer_does():
+    read = []
+
+    def items():
+        for i in itertools.count():
+            read.append(i)
+            yield {"input_ids": [0] * (i % 5 + 1), "num_samples": 1600 * (i % 5 + 1)}  # sorted by seconds
+
+    batching = Batching(batch_size=2, bucket_size=6)
+    batches = list(itertools.islice(bucketed(items(), batching, np.random.default_rng(0)), 3))
+    assert len(read) == 6  # one bucket: three batches of two
+    assert sorted(len(it["input_ids"]) for b in batches for it in b) == [1, 1, 2, 3, 4, 5]
+    for b in batches:  # neighbours in length share a batch
+        assert abs(len(b[0]["input_ids"]) - len(b[1]["input_ids"])) <= 1

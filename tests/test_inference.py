@@ -91,6 +91,7 @@ def test_merge_texts_drops_what_the_overlap_heard_twice():
     assert merge_texts([("", 0.0), ("x y", 0.0)]) == "x y"
 
 
+@pytest.mark.slow
 def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     """`borealis predict --data.predict.files`: one line per file in input order, long audio in
     windows covering it, and each bad file (missing, undecodable, silent, 0.1 s) an error line

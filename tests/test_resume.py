@@ -4,8 +4,9 @@ The end-to-end test runs the real `borealis fit` three times on a tiny corpus: o
 once killed with SIGKILL in the middle of an epoch (parked by a test callback right after a
 checkpoint, with batches prefetched by 2 workers), and once resumed with `--ckpt_path last`.
 The resumed run must train on exactly the batches, and end with exactly the weights, of the
-uninterrupted one. The rest runs in-process: the training stream's resume arithmetic, skipped
-non-finite steps, the atomic checkpoint writer, and config/data faults failing early.
+uninterrupted one. The rest runs in-process: the training stream's resume arithmetic, and
+config/data faults failing early. (Skipped steps and RNG states: tests/test_callbacks.py; the
+checkpoint writer: tests/test_checkpointing.py.)
 """
 
 import contextlib
@@ -16,17 +17,13 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
 
-import lightning as L
-import numpy as np
 import pytest
 import torch
 from conftest import build_tokenizer, make_pool
 
 from borealis import augmentations as A
-from borealis import checkpointing
-from borealis.checkpointing import AtomicCheckpointIO, Checkpoint
+from borealis.checkpointing import AtomicCheckpointIO
 from borealis.cli import BorealisCLI
 from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, ResumableLoader
 from borealis.module import BorealisLightningModule
@@ -126,6 +123,7 @@ def _last(run):
     return torch.load(run / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, tiny_parts):
     make_pool(tmp_path / "train", "a", range(40), max_samples=6)
     make_pool(tmp_path / "text", "t", range(12), text_only=True)
@@ -219,170 +217,6 @@ def test_other_topology_ends_the_epoch_and_says_so(tmp_path, prompts, caplog):
     assert int(stream.epoch.item()) == 2 and loader.position == (2, 0)
 
 
-def test_length_preserving_effects(tmp_path):
-    make_pool(tmp_path / "noise", "n", range(3))
-    pool = str(tmp_path / "noise")
-    effects = [A.BackgroundNoise(pool), A.ImpulseResponse(pool), A.Equalizer(), A.Gain(), A.BandPass(),
-               A.ResampleRoundTrip(), A.Telephony(), A.Codec(), A.Clipping(), A.PitchShift()]
-    clip = (np.random.default_rng(0).standard_normal(12345) * 0.1).astype(np.float32)
-    for effect in effects:
-        assert len(effect.apply(clip, np.random.default_rng(1), 48000)) == len(clip), type(effect).__name__
-    assert A.AugmentationStage("all", effects=effects).keeps_length
-    assert not A.AugmentationStage("speed", effects=[A.Gain(), A.Speed()]).keeps_length
-
-
-# ---------------------------------------------------------------------------- non-finite steps
-class Poison(L.Callback):
-    """NaN waveforms in the chosen batches; records the trainable weights around every step."""
-
-    def __init__(self, batches):
-        self.batches, self.changed, self.keys = set(batches), {}, {}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx in self.batches:
-            batch["waveforms"][:] = float("nan")
-            self.keys[batch_idx] = list(batch["keys"])
-        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
-        self.steps_before = self._adam_steps(trainer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        after = {n: p.detach() for n, p in pl_module.named_parameters() if p.requires_grad}
-        self.changed[batch_idx] = (any(not torch.equal(after[n], self.before[n]) for n in after),
-                                   self._adam_steps(trainer) != self.steps_before)
-
-    @staticmethod
-    def _adam_steps(trainer):
-        opt = trainer.optimizers[0]
-        return [float(opt.state[p]["step"]) if "step" in opt.state[p] else None
-                for g in opt.param_groups for p in g["params"]]
-
-
-def _fit_with_poison(tmp_path, tiny_parts, batches, **model_kw):
-    enc, llm = tiny_parts
-    make_pool(tmp_path / "a", "a", range(30), max_samples=6)
-    torch.manual_seed(0)
-    from borealis.modeling import LoraSettings
-
-    module = BorealisLightningModule(str(enc), str(llm), lora=LoraSettings(r=4, alpha=8, dropout=0.0),
-                                     learning_rate=1e-2, warmup_steps=0, **model_kw)
-    dm = BorealisDataModule(train_pools=[Pool("a", str(tmp_path / "a"))], batching=Batching(batch_size=2),
-                            batches_per_epoch=6, shuffle_buffer=4, num_workers=0, max_seconds=2.0,
-                            prompt_builder=module.prompt_builder)
-    poison = Poison(batches)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                        callbacks=[poison])
-    return module, trainer, dm, poison
-
-
-def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path, tiny_parts, caplog):
-    module, trainer, dm, poison = _fit_with_poison(tmp_path, tiny_parts, [2])
-    with caplog.at_level(logging.WARNING, logger="borealis.callbacks.nonfinite"):
-        trainer.fit(module, datamodule=dm)
-    assert poison.changed[2] == (False, False), "the poisoned step changed weights or AdamW state"
-    assert all(poison.changed[i] == (True, True) for i in (0, 1, 3, 4, 5))
-    assert module.non_finite_steps.skipped_total == 1 and trainer.callback_metrics["train/skipped_steps"] == 1
-    assert trainer.global_step == 6  # the skipped step still counts, and moves the LR schedule
-    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 6
-    assert all(torch.isfinite(p).all() for p in module.parameters())
-    assert "optimizer step 2 skipped" in caplog.text and all(k in caplog.text for k in poison.keys[2])
-
-
-def test_too_many_skips_stop_the_run_naming_the_keys(tmp_path, tiny_parts):
-    module, trainer, dm, poison = _fit_with_poison(tmp_path, tiny_parts, [1, 2, 4], max_skipped_steps=2,
-                                                   skipped_steps_window=10)
-    with pytest.raises(RuntimeError, match=r"3 of the last 10 optimizer steps .*max_skipped_steps=2") as err:
-        trainer.fit(module, datamodule=dm)
-    assert all(k in str(err.value) for i in (1, 2, 4) for k in poison.keys[i])
-    assert 5 not in poison.changed  # stopped at the third skip
-
-
-class RankPoison(L.Callback):
-    """NaN waveforms in batch `batch` of rank `rank`, for each (rank, batch); the keys go to a file."""
-
-    def __init__(self, out, where):
-        self.out, self.where = out, set(where)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.global_rank, batch_idx) in self.where:
-            batch["waveforms"][:] = float("nan")
-            with open(f"{self.out}/poisoned.rank{trainer.global_rank}", "a") as f:
-                f.write(" ".join(batch["keys"]) + "\n")
-
-
-def test_ranks_skip_together_and_the_abort_names_every_ranks_keys(tmp_path, tiny_parts):
-    """Two CPU ranks (DDP over gloo): one decision for both, checkpoints hold both ranks' RNG."""
-    module, _, dm, _ = _fit_with_poison(tmp_path, tiny_parts, [], max_skipped_steps=1)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path,
-                        callbacks=[RankPoison(str(tmp_path), [(0, 1), (1, 3)]),
-                                   Checkpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1)])
-    with pytest.raises(Exception, match=r"2 of the last 100 optimizer steps") as err:
-        trainer.fit(module, datamodule=dm)
-    poisoned = [(tmp_path / f"poisoned.rank{r}").read_text().split() for r in (0, 1)]
-    assert all(k in str(err.value) for keys in poisoned for k in keys)
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 3 and ckpt["borealis"]["skipped_steps"] == 1
-    assert len(ckpt["borealis"]["rng"]) == 2
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    io = AtomicCheckpointIO()
-    path = tmp_path / "ckpts" / "last.ckpt"
-    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
-
-    def crash(checkpoint, f):  # half a checkpoint reaches the disk, then the writer dies
-        torch.save(checkpoint, f)
-        f.truncate(f.tell() // 2)
-        raise OSError("No space left on device")
-
-    monkeypatch.setattr(checkpointing, "_write", crash)
-    with pytest.raises(OSError, match="No space"):
-        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
-    again = io.load_checkpoint(path)
-    assert again["global_step"] == 1 and torch.equal(again["state_dict"]["w"], torch.ones(3))
-    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
-
-
-def test_last_link_is_replaced_atomically(tmp_path):
-    class Trainer:
-        is_global_zero = True
-        strategy = type("S", (), {"barrier": staticmethod(lambda *a: None)})()
-
-    for name in ("a.ckpt", "b.ckpt"):
-        torch.save({"name": name}, tmp_path / name)
-    (tmp_path / "last.ckpt").write_bytes(b"an old regular file")
-    for name in ("a.ckpt", "b.ckpt"):
-        Checkpoint._link_checkpoint(Trainer(), str(tmp_path / name), str(tmp_path / "last.ckpt"))
-        assert torch.load(tmp_path / "last.ckpt", weights_only=True)["name"] == name
-    assert os.readlink(tmp_path / "last.ckpt") == "b.ckpt"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "last.ckpt"]
-
-
-def test_last_checkpoint_holds_the_final_step(tmp_path, tiny_parts):
-    module, _, dm, _ = _fit_with_poison(tmp_path, tiny_parts, [])
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
-                        callbacks=[Checkpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=4)])
-    trainer.fit(module, datamodule=dm)
-    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6  # not 4
-
-
-def test_time_triggered_saves_wait_for_an_optimizer_step(monkeypatch):
-    calls = []
-    monkeypatch.setattr(L.pytorch.callbacks.ModelCheckpoint, "on_train_batch_end",
-                        lambda self, trainer, *a: calls.append(trainer.global_step))
-    trainer = type("T", (), {"global_step": 0})()
-    cb = Checkpoint(train_time_interval=timedelta(0))
-    cb._step_seen = 0
-    for step in (0, 0, 1, 1, 1, 2):  # accumulate_grad_batches 3 after a first step of 2 batches
-        trainer.global_step = step
-        cb.on_train_batch_end(trainer, None, None, None, 0)
-    assert calls == [1, 2]
-
-
 # ---------------------------------------------------------------------------- config and data faults
 def _cli(args, *, run=True):
     return BorealisCLI(BorealisLightningModule, BorealisDataModule, args=args, run=run, save_config_callback=None,
@@ -439,26 +273,3 @@ def test_given_model_options_win_over_the_checkpoint(tmp_path, tiny_parts, monke
                                                   "target_modules": ["q_proj"]}       # checkpoint's
     assert "report_dir: checkpoint 'stored', given 'given'" in caplog.text
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-
-
-def test_help_documents_checkpoint_options(capsys):
-    with pytest.raises(SystemExit):
-        _cli(["fit", "--help"])
-    out = capsys.readouterr().out
-    assert "--checkpoint.every_n_train_steps" in out and "--checkpoint.train_time_interval" in out
-    assert "--model.max_skipped_steps" in out
-
-
-def test_save_every_n_steps_shortcut(tiny_parts):
-    from borealis.checkpointing import Checkpoint
-    from borealis.cli import BorealisCLI
-    from borealis.data import BorealisDataModule
-    from borealis.module import BorealisLightningModule
-
-    enc, llm = tiny_parts
-    cli = BorealisCLI(BorealisLightningModule, BorealisDataModule, run=False, save_config_callback=None,
-                      auto_configure_optimizers=False,
-                      args=["--model.encoder", str(enc), "--model.llm", str(llm), "--trainer.accelerator", "cpu",
-                            "--trainer.logger", "false", "--save_every_n_steps", "7"])
-    (ckpt,) = [c for c in cli.trainer.callbacks if isinstance(c, Checkpoint)]
-    assert ckpt._every_n_train_steps == 7

@@ -257,6 +257,7 @@ class _RankProbe(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.slow
 def test_logged_totals_are_summed_over_ranks(pool, prompts, tmp_path):
     """Two CPU ranks (DDP over gloo) read disjoint shards; the logged value is their sum so far."""
     dm = BorealisDataModule(train_pools=[Pool("p", str(pool))], batching=Batching(batch_size=4, bucket_size=8),

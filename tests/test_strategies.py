@@ -1,7 +1,7 @@
 """`borealis.strategies.BorealisFSDPStrategy`: the FSDP overlay parses onto the flagship, and
 `borealis fit` runs under it on 2 CPU ranks (gloo) through the real CLI in a subprocess.
 
-The 2-rank run checks what issue 7 asks of FSDP: the Whisper and Qwen3 layers are the FSDP
+The 2-rank run checks what FSDP must do here: the Whisper and Qwen3 layers are the FSDP
 units and the Qwen3 layers are checkpointed; AdamW holds the trainable parameters only; both
 ranks run the same number of optimizer steps; last.ckpt holds exactly the trainable weights
 (gathered in full, no frozen base); `--ckpt_path last` resumes them exactly under FSDP; and
@@ -98,6 +98,7 @@ def test_wrap_layers_must_be_modules():
         BorealisFSDPStrategy(wrap_layers=[int])
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(30), max_samples=10)

@@ -251,6 +251,7 @@ def test_a_slow_loader_shows_as_data_wait_in_a_real_trainer(tmp_path):
     assert s["data_wait_share"] > 0.5
 
 
+@pytest.mark.slow
 def test_borealis_fit_writes_the_throughput_tags(tmp_path, tiny_parts):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
