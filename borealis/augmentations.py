@@ -75,12 +75,9 @@ class Effect:
         p: probability that a stage applies this effect to a clip.
 
     `apply(audio, rng)` always applies it, with parameters drawn from `rng`, and records them
-    in `self.last` (for tests and logs). Subclasses keep the dtype float32.
-
-    `keeps_length` declares that `apply` returns exactly as many samples as it gets. The
-    training stream relies on it: a stage of such effects cannot change a clip's size, hence
-    batch composition, so it augments only the clips it yields (`AugmentationStage.keeps_length`).
-    False unless an effect declares it.
+    in `self.last` (for tests and logs). Subclasses keep the dtype float32. `keeps_length`
+    declares that `apply` returns as many samples as it gets (the training stream then defers
+    the effect to the batch: `AugmentationStage.keeps_length`); false unless declared.
     """
 
     keeps_length: bool = False

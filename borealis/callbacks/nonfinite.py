@@ -89,7 +89,7 @@ class NonFiniteSteps(L.Callback):
         raise RuntimeError(f"{len(skips)} of the last {self.window} optimizer steps had a non-finite "
                            f"loss or gradient and were skipped, more than model.max_skipped_steps="
                            f"{self.max_skipped}: stopping. Batch keys of the skipped steps: {detail}. Inspect "
-                           f"these samples (tools/inspect_shards.py --play KEY), or lower model.learning_rate")
+                           f"these samples (borealis shards inspect POOL --play KEY), or lower model.learning_rate")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == "fit":
