@@ -53,6 +53,25 @@ def build_meta_model(lora: LoraSettings | None = LoraSettings(), trim_audio_toke
         return BorealisForConditionalGeneration(config)
 
 
+def tiny_config(trim_audio_tokens: bool) -> BorealisConfig:
+    """The flagship's geometry at tiny widths: the real 30 s window (1500 encoder frames -> 375
+    slots), large-v3's 128 mel bins, k = 4, LoRA on all 7 projections, Qwen3's GQA; for step
+    costs and FLOP formulas that must mean the same as at full size, on a CPU."""
+    encoder = WhisperConfig(
+        num_mel_bins=128, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,  # unused by Borealis
+        max_source_positions=1500, max_target_positions=16, vocab_size=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=1)  # special ids inside that vocab (the decoder is never built)
+    vocab = 256  # filler ids; the 3 audio tokens follow
+    llm = Qwen3Config(
+        vocab_size=vocab + N_AUDIO_TOKENS_ADDED, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,  # GQA like Qwen3-4B (32q/8kv)
+        max_position_embeddings=1024, tie_word_embeddings=True)
+    return BorealisConfig(
+        encoder_config=encoder, llm_config=llm, adapter="simple", trim_audio_tokens=trim_audio_tokens,
+        lora=LoraSettings(r=8, alpha=16), audio_token_id=vocab, audio_start_id=vocab + 1, audio_end_id=vocab + 2)
+
+
 def flagship_numbers(lora: LoraSettings | None = LoraSettings()) -> dict[str, object]:
     """Measure the reference write-up's headline numbers on a meta-device Borealis-5B."""
     model = build_meta_model(lora)

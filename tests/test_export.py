@@ -376,7 +376,7 @@ def test_bad_inputs_fail_clearly(trained, parts, tmp_path, capsys):
 
 
 def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_path):
-    """`borealis predict --data.predict_files` on the clips, from the same checkpoint, writes the
+    """`borealis predict --data.predict.files` on the clips, from the same checkpoint, writes the
     text the client snippet decodes (the snippet's ids equal in-repo `generate`, above)."""
     import soundfile as sf
 
@@ -390,7 +390,7 @@ def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_p
     run_cli("predict", "--ckpt_path", str(ckpt), "--model.encoder", str(enc), "--model.llm", str(llm),
             "--model.max_new_tokens", str(MAX_NEW), "--model.report_dir", str(tmp_path / "out"),
             "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--data.num_workers", "0",
-            "--data.predict_prompt", PROMPT, "--data.predict_files", json.dumps(files), cwd=tmp_path, timeout=300)
+            "--data.predict.prompt", PROMPT, "--data.predict.files", json.dumps(files), cwd=tmp_path, timeout=300)
     rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.rank0.jsonl").read_text().splitlines()]
     want = model.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
     assert [r["file"] for r in rows] == files

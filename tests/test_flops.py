@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_tool
 
 from borealis import flops
-from borealis.modeling import BorealisConfig
-
-bench = load_tool("bench_train")
+from borealis.modeling import BorealisConfig, BorealisForConditionalGeneration
+from borealis.prompts import IGNORE_INDEX, num_audio_tokens
+from borealis.shapes import tiny_config
 
 
 def _toy_config(lora: dict | None, freeze_encoder: bool = True):
@@ -46,6 +45,33 @@ def test_step_flops_by_hand():
     assert trained.adapter == 2 * 3 * (6 * 32 + 6 * 16)  # w_in now needs its input gradient too
 
 
+def _build(config: BorealisConfig) -> BorealisForConditionalGeneration:
+    """Random weights: frozen ones in bfloat16 (the flagship's base_dtype), trainable ones float32."""
+    torch.manual_seed(0)
+    model = BorealisForConditionalGeneration(config)
+    for param in model.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+    return model.train()
+
+
+def _batch(config: BorealisConfig, rows: int, seconds: float, text_tokens: int = 20) -> dict[str, torch.Tensor]:
+    """Equal rows: 10 filler ids, start + N audio slots + end, 5 filler ids, the labelled answer + 2."""
+    g = torch.Generator().manual_seed(0)
+    samples = int(seconds * 16_000)
+    n = num_audio_tokens(samples, downsample_factor=config.downsample_factor,
+                         max_source_positions=config.encoder_config.max_source_positions,
+                         trim=config.trim_audio_tokens)
+    length = 10 + 1 + n + 1 + 5 + text_tokens + 2
+    ids = torch.randint(0, config.audio_token_id, (rows, length), generator=g)
+    ids[:, 10], ids[:, 11:11 + n], ids[:, 11 + n] = config.audio_start_id, config.audio_token_id, config.audio_end_id
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    answer = slice(length - text_tokens - 2, length - 1)  # the answer + <|im_end|>; the final "\n" is not trained
+    labels[:, answer] = ids[:, answer]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "waveforms": 0.1 * torch.randn(rows, samples, generator=g), "audio_lengths": torch.full((rows,), samples)}
+
+
 def _count(config, seconds: float, rows: int = 2, lean: bool = False):
     """torch's count of one training step minus the log-mel, and the formulas' (attention doubled:
     eager attention computes the full square, twice the causal half that step_flops counts)."""
@@ -53,10 +79,14 @@ def _count(config, seconds: float, rows: int = 2, lean: bool = False):
 
     config.encoder_config._attn_implementation = "eager"
     config.llm_config._attn_implementation = "eager"
-    model = bench.build_model(config, torch.device("cpu"))
+    model = _build(config)
+    counts = flops.matmul_params(config)  # the formulas' weights are the built model's
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == counts["lora"]
+    assert sum(m.weight.numel() for m in model.adapter.modules() if isinstance(m, torch.nn.Linear)) == \
+        counts["adapter_in"] + counts["adapter_out"]
     if not config.freeze_encoder:
         model.encoder.requires_grad_(True)
-    batch = bench.synthetic_batch(config, rows, seconds, 20, torch.device("cpu"))
+    batch = _batch(config, rows, seconds)
     counter = FlopCounterMode(display=False)
     with counter:
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -71,13 +101,13 @@ def _count(config, seconds: float, rows: int = 2, lean: bool = False):
 
 @pytest.mark.parametrize(("seconds", "trim"), [(30.0, False), (10.0, True)])
 def test_step_flops_match_torch_flop_counter(seconds, trim):
-    measured, formula = _count(bench.tiny_config(trim), seconds)
+    measured, formula = _count(tiny_config(trim), seconds)
     assert measured == formula
 
 
 def test_logits_of_labelled_positions_only_match_torch_flop_counter():
     """model.loss (the training step) runs the LM head on the labelled positions alone."""
-    config = bench.tiny_config(True)
+    config = tiny_config(True)
     measured, formula = _count(config, 10.0, lean=True)
     assert measured == formula
     full = flops.step_flops(config, [200, 200], 2)
@@ -91,14 +121,14 @@ def test_trained_encoder_full_llm_and_deep_adapter_match_torch_flop_counter():
     The encoder's full attention backward is counted at 2x its forward; torch counts the
     bias-carrying deep adapter's addmm the same as a plain matmul.
     """
-    config = bench.tiny_config(True)
+    config = tiny_config(True)
     config.freeze_encoder, config.lora, config.adapter = False, None, "deep"
     measured, formula = _count(config, 10.0)
     assert measured == formula
 
 
 def test_adapter_counts_come_from_the_built_adapter():
-    config = bench.tiny_config(False)
+    config = tiny_config(False)
     simple = flops.matmul_params(config)
     assert (simple["adapter_in"], simple["adapter_out"]) == (4 * 32 * 64, 64 * 64)
     config.adapter = "deep"

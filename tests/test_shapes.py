@@ -33,3 +33,16 @@ def test_command_prints_the_table_with_the_lora_rank(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["quantity", "measured", "reference"]
     assert "LoRA: None" in out and "375 x 2560" in out
+
+
+def test_tiny_config_keeps_the_flagship_geometry():
+    from borealis.prompts import num_audio_tokens
+    from borealis.shapes import tiny_config, whisper_large_v3_config
+
+    config, flagship = tiny_config(trim_audio_tokens=False), whisper_large_v3_config()
+    enc = config.encoder_config
+    assert (enc.max_source_positions, enc.num_mel_bins) == (flagship.max_source_positions, flagship.num_mel_bins)
+    assert num_audio_tokens(30 * 16000, downsample_factor=config.downsample_factor,
+                            max_source_positions=enc.max_source_positions, trim=False) == 375
+    assert config.lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"]
