@@ -3,21 +3,24 @@ harsh stage on both sides, and prints the ratio it stores; harsh_stage() mirrors
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import load_tool
 from borealis.shards import SAMPLE_RATE, ShardWriter, read_index
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-ba = load_tool("bench_augment")
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_augment.py"  # a script, not a package: loaded by path
+_spec = importlib.util.spec_from_file_location("bench_augment", TOOL)
+ba = sys.modules["bench_augment"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ba)
 
 
 def _finite_positive(x: float) -> bool:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
-from conftest import load_tool
-
-bench = load_tool("bench_shards")
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_shards.py"  # a script, not a package: loaded by path
+_spec = importlib.util.spec_from_file_location("bench_shards", TOOL)
+bench = sys.modules["bench_shards"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def test_bench_shards_tiny_run(tmp_path, capsys):

@@ -3,17 +3,21 @@ meta device (the FLOPs formulas are tests/test_flops.py's)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_tool
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-bench = load_tool("bench_train")
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"  # a script, not a package: loaded by path
+_spec = importlib.util.spec_from_file_location("bench_train", TOOL)
+bench = sys.modules["bench_train"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def test_tiny_cpu_run_reports_every_variant(tmp_path, capsys):
@@ -48,8 +52,8 @@ def test_tiny_cpu_run_reports_every_variant(tmp_path, capsys):
     assert "short_trim" in stdout and "speed-up vs baseline" in stdout
 
 
-def test_flagship_builds_on_meta_with_the_paper_counts():
-    from borealis.paper import build_meta_model
+def test_flagship_builds_on_meta_with_the_reference_counts():
+    from borealis.shapes import build_meta_model
 
     model = bench.build_model(bench.flagship_config(trim_audio_tokens=False), torch.device("meta"))
     tensors = list(model.parameters()) + list(model.buffers())
@@ -102,7 +106,7 @@ def test_out_of_memory_or_failure_is_a_row_not_a_crash(monkeypatch):
     assert bench.measure(variant, args, device)["status"] == "error: RuntimeError: no kernel for this"
 
 
-def test_demo_shape_compares_the_seed_pipeline_on_real_samples(tmp_path, tiny_parts, capsys):
+def test_demo_shape_compares_the_reference_pipeline_on_real_samples(tmp_path, tiny_parts, capsys):
     """--shape demo on a small real corpus: every pipeline trains on the same samples, the
     accounting holds, trimming and the batch window cut work, and the table prints the ratio."""
     from conftest import make_pool
@@ -122,18 +126,18 @@ def test_demo_shape_compares_the_seed_pipeline_on_real_samples(tmp_path, tiny_pa
     assert json.loads(out.read_text())["rows"] == report["rows"]
     rows = {r["pipeline"]: r for r in report["rows"]}
     assert list(rows) == bench.PIPELINE_NAMES
-    assert rows["seed"]["batches"] == 3 and rows["seed"]["budget"] is None  # 12 samples in fixed 4s
+    assert rows["reference"]["batches"] == 3 and rows["reference"]["budget"] is None  # 12 samples in fixed 4s
     for r in rows.values():
         assert r["samples"] == 12 and r["seconds"] > 0 and r["samples_per_sec"] > 0
         assert 0 <= r["llm_padding_share"] <= r["llm_waste_share"] < 1 and 0 <= r["encoder_padding_share"] < 1
-    # the seed fills every prompt with the window's 25 slots (tiny window 2 s, k = 4): silence the LLM reads
-    assert rows["seed"]["llm_waste_share"] > rows["trim"]["llm_waste_share"]
-    assert rows["trim"]["llm_tokens"] < rows["seed"]["llm_tokens"] == rows["batched_splice"]["llm_tokens"]
-    assert rows["bucket"]["encoder_padding_share"] == rows["seed"]["encoder_padding_share"]  # the full window
+    # the reference pipeline fills every prompt with the window's 25 slots (tiny window 2 s, k = 4): silence the LLM reads
+    assert rows["reference"]["llm_waste_share"] > rows["trim"]["llm_waste_share"]
+    assert rows["trim"]["llm_tokens"] < rows["reference"]["llm_tokens"] == rows["batched_splice"]["llm_tokens"]
+    assert rows["bucket"]["encoder_padding_share"] == rows["reference"]["encoder_padding_share"]  # the full window
     assert rows["encoder_window"]["encoder_padding_share"] < rows["bucket"]["encoder_padding_share"]
     assert (rows["borealis"]["flops"] < rows["encoder_window"]["flops"] < rows["bucket"]["flops"]
-            == rows["trim"]["flops"] < rows["seed"]["flops"])  # bucketing regroups the same rows
-    assert rows["borealis"]["budget"] == {"max_seconds_per_batch": 4 * 2.0}  # the seed batch's audio
+            == rows["trim"]["flops"] < rows["reference"]["flops"])  # bucketing regroups the same rows
+    assert rows["borealis"]["budget"] == {"max_seconds_per_batch": 4 * 2.0}  # the reference batch's audio
     tokens_run = bench.main(["--shape", "demo", "--config", str(config), "--samples", "12", "--warmup", "0",
                              "--bucket-size", "12", "--budget", "tokens", "--pipelines", "trim", "bucket"])
     rows = {r["pipeline"]: r for r in tokens_run["rows"]}
@@ -150,7 +154,7 @@ def test_demo_shape_compares_the_seed_pipeline_on_real_samples(tmp_path, tiny_pa
 
 
 def test_naive_splice_equals_the_batched_one(tiny_model):
-    """The seed's per-sample loop and Borealis' masked_scatter give the same embeddings."""
+    """The reference pipeline's per-sample loop and Borealis' masked_scatter give the same embeddings."""
     from test_modeling import _batch
 
     batch = _batch(tiny_model.eval(), seconds=(1.0, 0.6))

@@ -3,19 +3,25 @@ figures add up (audio seconds = the shards' audio, RTFx = audio / wall, ratio = 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import lightning
 import pytest
 import torch
-from conftest import load_tool, make_pool
+from conftest import make_pool
 
 from borealis.module import BorealisLightningModule
 from borealis.shards import SAMPLE_RATE, iter_shard, list_shards
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_validate.py"  # a script, not a package: loaded by path
+_spec = importlib.util.spec_from_file_location("bench_validate", TOOL)
+tool = sys.modules["bench_validate"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
 
 
 def _checkpoint(path: Path, tiny_parts) -> Path:
@@ -42,7 +48,7 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
     make_pool(tmp_path / "b", "b", range(4), max_samples=3)   # fewer than --limit: all 4
     ckpt = _checkpoint(tmp_path / "last.ckpt", tiny_parts)
     out = tmp_path / "bench.json"
-    code = load_tool("bench_validate").main([
+    code = tool.main([
         "--config", str(DEMO), "--ckpt_path", str(ckpt), "--limit", "5", "--repeats", "2", "--json", str(out), "--",
         "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
         "--trainer.precision", "32-true", "--data.val_batching", json.dumps({"batch_size": 2}),
@@ -82,7 +88,6 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
 
 
 def test_bench_validate_missing_inputs(tmp_path, capsys):
-    tool = load_tool("bench_validate")
     assert tool.main(["--config", str(DEMO), "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
     assert "not found: --ckpt_path" in capsys.readouterr().err
     assert tool.main(["--config", str(tmp_path / "none.yaml"), "--ckpt_path", str(DEMO), "--limit", "0",

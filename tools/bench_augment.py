@@ -68,9 +68,6 @@ import yaml  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (comes with librosa, via scikit-learn)
 from tqdm import tqdm  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout, without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
 
 from borealis import augmentations as aug  # noqa: E402
 from borealis.shards import SAMPLE_RATE, ShardWriter, iter_shard, list_shards  # noqa: E402
@@ -85,9 +82,9 @@ HOP = 160  # 10 ms control frames of the speech synthesiser
 
 
 def harsh_stage(noise_pool: str, ir_pool: str) -> aug.AugmentationStage:
-    """The seed curriculum's harsh stage: every effect, source -> room -> channel -> codec order.
+    """The reference curriculum's harsh stage: every effect, source -> room -> channel -> codec order.
 
-    Ranges are the effects' defaults (the seed's); the probabilities are the harsh stage's
+    Ranges are the effects' defaults (the reference code's); the probabilities are the harsh stage's
     (configs/it_fresh.yaml mirrors this; `tests/test_bench_augment.py` checks they agree):
 
     | effect            | p   | range                                       |

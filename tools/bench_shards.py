@@ -34,13 +34,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from borealis.corpora import jsonl_items  # noqa: E402
-from borealis.ingest import build_pool  # noqa: E402
-from borealis.shards import read_index  # noqa: E402
+from borealis.corpora import jsonl_items
+from borealis.ingest import build_pool
+from borealis.shards import read_index
 
 # (extension, soundfile format, rate, channels): the mix of the synthetic corpus, in turn.
 MIX = [("wav", "WAV", 44_100, 2), ("flac", "FLAC", 48_000, 1), ("mp3", "MP3", 48_000, 1), ("ogg", "OGG", 48_000, 1)]

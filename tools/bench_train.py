@@ -1,17 +1,17 @@
-"""Training-step throughput: Borealis-5B on one GPU, and the seed's pipeline vs ours on the CPU.
+"""Training-step throughput: Borealis-5B on one GPU, and the reference pipeline vs ours on the CPU.
 
 Three shapes (`--shape`):
     flagship  Borealis-5B, synthetic batches, on a GPU (the default where CUDA is available);
     tiny      tiny widths on the same 30 s geometry, synthetic: a CPU smoke run of the variants;
     demo      the `--config` model (configs/demo.yaml: the demo's encoder and LLM) trained on
-              real demo samples, on the CPU (the default there): the seed's pipeline against
+              real demo samples, on the CPU (the default there): the reference pipeline against
               Borealis's, measured in the same run, below.
 
 --shape demo. Every pipeline builds the same model (same seed) and trains one pass over the
 same `--samples` real samples (the pools of `data.train_pools`, mixed by weight), after
 `--warmup` untimed steps; data loading is not timed (samples are decoded and tokenised first).
 Each row adds one change to the row above; speed-up = samples/s over the first row's:
-    seed            the seed's per-sample approach: every clip padded to the encoder window (the
+    reference       the reference research code's per-sample approach: every clip padded to the encoder window (the
                     demo's 3 s, the flagship's 30 s), the window's audio slots in every prompt
                     (38 for the demo, 375 for the flagship), fixed batches of --batch-size in
                     stream order, and a per-sample splice loop (`naive_embed`).
@@ -19,7 +19,7 @@ Each row adds one change to the row above; speed-up = samples/s over the first r
     trim            trim_audio_tokens: each clip gets ceil(frames / 2k) slots, its real length.
     bucket          length bucketing: buckets of --bucket-size samples sorted by size and cut
                     by a padded budget (`data.Batching`): --budget seconds (the default,
-                    max_seconds_per_batch = batch size x data.max_seconds, the seed batch's
+                    max_seconds_per_batch = batch size x data.max_seconds, the reference batch's
                     audio) or tokens (max_tokens_per_batch = batch size x the longest
                     untrimmed row).
     encoder_window  encoder_window: batch: the log-mel padded to the batch's longest clip, not
@@ -40,7 +40,7 @@ synthetic batches. Several variants run in one process; the table gives each one
 against the first (baseline) row measured in the same run.
 
 Variants, in order (`--variants` picks a subset; the first one run is the baseline):
-    baseline    --seconds (30 s) clips, trim_audio_tokens=False: the seed's recipe and
+    baseline    --seconds (30 s) clips, trim_audio_tokens=False: the reference recipe and
                 it_fresh.yaml. Every clip fills the whole window: 375 audio slots.
     trim        the same clips with trim_audio_tokens=True. Identical work for 30 s clips
                 (375 slots either way): a control that should read ~1.00x.
@@ -82,7 +82,7 @@ failure makes the exit status 1). At batch 4 a step is 49 TFLOP (`--device meta`
 ~0.12 s at 40% MFU; the whole run should take a minute or two after start-up (not yet timed
 on a GPU: these sessions had none).
 
-    python tools/bench_train.py --shape demo --json demo.json       # CPU: seed vs Borealis pipeline
+    python tools/bench_train.py --shape demo --json demo.json       # CPU: reference vs Borealis pipeline
     python tools/bench_train.py --batch-size 4 --json bench.json   # one GPU, flagship shapes
     python tools/bench_train.py --device meta                      # shapes, params, FLOPs; no timing
     python tools/bench_train.py --tiny --device cpu --steps 2      # CPU smoke run (seconds)
@@ -105,16 +105,15 @@ import numpy as np
 import torch
 import transformers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout, without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
 
-from borealis.features import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
-from borealis.flops import matmul_params, step_flops  # noqa: E402
-from borealis.modeling import BorealisConfig, BorealisForConditionalGeneration, LoraSettings  # noqa: E402
-from borealis.paper import (N_AUDIO_TOKENS_ADDED, QWEN3_TOKENIZER_VOCAB, qwen3_4b_config,  # noqa: E402
+from borealis.features import HOP_LENGTH, SAMPLE_RATE
+from borealis.flops import matmul_params, step_flops
+from borealis.modeling import BorealisConfig, BorealisForConditionalGeneration, LoraSettings
+from borealis.shapes import (N_AUDIO_TOKENS_ADDED, QWEN3_TOKENIZER_VOCAB, qwen3_4b_config,
                             whisper_large_v3_config)
-from borealis.prompts import IGNORE_INDEX, num_audio_tokens  # noqa: E402
+from borealis.prompts import IGNORE_INDEX, num_audio_tokens
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout, for its configs/
 
 log = logging.getLogger("bench_train")
 
@@ -153,7 +152,7 @@ VARIANT_NAMES = [v.name for v in make_variants(30, 10)]
 
 # ---------------------------------------------------------------------- configs
 def flagship_config(trim_audio_tokens: bool) -> BorealisConfig:
-    """Borealis-5B as configs/it_fresh.yaml trains it (paper.build_meta_model's config)."""
+    """Borealis-5B as configs/it_fresh.yaml trains it (shapes.build_meta_model's config)."""
     return BorealisConfig(
         encoder_config=whisper_large_v3_config(),
         llm_config=qwen3_4b_config(QWEN3_TOKENIZER_VOCAB + N_AUDIO_TOKENS_ADDED), adapter="simple",
@@ -390,7 +389,7 @@ def measure(variant: Variant, args: argparse.Namespace, device: torch.device) ->
             torch.cuda.empty_cache()
 
 
-# ---------------------------------------------------------------------- demo: the seed's pipeline vs ours
+# ---------------------------------------------------------------------- demo: the reference pipeline vs ours
 @dataclass(frozen=True)
 class Pipeline:
     """How one pass over the same real samples is batched and run (see the module docstring)."""
@@ -404,7 +403,7 @@ class Pipeline:
 
 
 PIPELINES = [
-    Pipeline("seed", trim_audio_tokens=False, bucketing=False, batched_splice=False),
+    Pipeline("reference", trim_audio_tokens=False, bucketing=False, batched_splice=False),
     Pipeline("batched_splice", trim_audio_tokens=False, bucketing=False, batched_splice=True),
     Pipeline("trim", trim_audio_tokens=True, bucketing=False, batched_splice=True),
     Pipeline("bucket", trim_audio_tokens=True, bucketing=True, batched_splice=True),
@@ -417,7 +416,7 @@ PIPELINE_NAMES = [p.name for p in PIPELINES]
 
 def naive_embed(model: BorealisForConditionalGeneration, input_ids: torch.Tensor, waveforms: torch.Tensor,
                 audio_lengths: torch.Tensor) -> torch.Tensor:
-    """The seed's splice: the batch is encoded at once, then each row's embeddings are rebuilt
+    """The reference pipeline's splice: the batch is encoded at once, then each row's embeddings are rebuilt
     in a Python loop around its `<|AUDIO|>` run (cat of text before, audio, text after)."""
     embeds = model.llm.get_input_embeddings()(input_ids)
     audio = model.encode_audio(model.features(waveforms, audio_lengths))  # (B, N, H): the full window
@@ -453,7 +452,7 @@ def read_demo_samples(pools: list[dict], count: int, min_seconds: float, max_sec
 
 def plan_batches(pipeline: Pipeline, items: list[dict], batch_size: int, budget: dict,
                  bucket_size: int) -> list[list[dict]]:
-    """The seed's fixed-size batches in stream order, or Borealis's: buckets of `bucket_size`
+    """The reference pipeline's fixed-size batches in stream order, or Borealis's: buckets of `bucket_size`
     samples sorted by size and cut by a padded budget (`data.Batching`; `budget` holds its
     max_tokens_per_batch or max_seconds_per_batch)."""
     from borealis.data import Batching
@@ -469,7 +468,7 @@ def plan_batches(pipeline: Pipeline, items: list[dict], batch_size: int, budget:
 
 def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration, label_logits: bool) -> dict:
     """Padding shares and FLOPs of collated batches: pad LLM tokens; audio slots past the end of
-    their clip (the seed's untrimmed rows: real tokens to the LLM, but silence); encoder frames
+    their clip (the reference pipeline's untrimmed rows: real tokens to the LLM, but silence); encoder frames
     past the end of each clip."""
     from borealis.flops import step_flops
 
@@ -600,12 +599,12 @@ def demo_settings(config_path: Path) -> tuple[dict, dict]:
     for key in ("encoder", "llm"):
         if not Path(model[key]).is_dir():
             raise FileNotFoundError(f"{config_path}: model.{key} = {model[key]} is not a folder; build the demo "
-                                    f"corpus first: python tools/make_demo_corpus.py --out demo")
+                                    f"corpus first: borealis demo --out demo")
     return model, data
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    """Every pipeline over the same demo samples; the token budget defaults to the seed's batch
+    """Every pipeline over the same demo samples; the token budget defaults to the reference batch
     footprint (batch size x the longest untrimmed row), so no step holds more padded tokens."""
     model_settings, data = demo_settings(args.config)
     samples = read_demo_samples(data["train_pools"], args.samples, data.get("min_seconds", 0.0),
@@ -705,7 +704,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (allocator, kernels)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per step. Synthetic shapes: default 4 (it_fresh.yaml trains 1 per GPU; 4 should "
-                             "peak near 45 GiB, 8 near 70). demo: the seed pipeline's fixed batch, default the "
+                             "peak near 45 GiB, 8 near 70). demo: the reference pipeline's fixed batch, default the "
                              "config's data.batching.batch_size (12)")
     parser.add_argument("--seconds", type=float, default=30.0, help="clip duration of baseline/trim/grad_ckpt, s")
     parser.add_argument("--short-seconds", type=float, default=10.0, help="clip duration of short/short_trim, s")
@@ -714,7 +713,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
                         help="device peak for MFU, TFLOP/s: 989 = H100 SXM / H200 dense bf16; 756 = H100 PCIe")
     parser.add_argument("--shape", choices=["flagship", "tiny", "demo"], default=None,
                         help="flagship: Borealis-5B, synthetic batches (default with CUDA); tiny: tiny widths on the "
-                             "30 s geometry, synthetic; demo: the --config model on real demo samples, the seed's "
+                             "30 s geometry, synthetic; demo: the --config model on real demo samples, the reference "
                              "pipeline vs Borealis's (default on the CPU)")
     parser.add_argument("--tiny", action="store_true", help="the same as --shape tiny")
     demo = parser.add_argument_group("--shape demo")
@@ -728,10 +727,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
                            "data.batching.max_seconds_per_batch) or padded LLM tokens (max_tokens_per_batch)")
     demo.add_argument("--max-seconds-per-batch", type=float, default=None,
                       help="--budget seconds: padded audio seconds per batch (default: batch size x data.max_seconds, "
-                           "the seed batch's audio footprint)")
+                           "the reference batch's audio footprint)")
     demo.add_argument("--max-tokens-per-batch", type=int, default=None,
                       help="--budget tokens: padded LLM tokens per batch (default: batch size x the longest "
-                           "untrimmed row, the seed batch's footprint)")
+                           "untrimmed row, the reference batch's footprint)")
     demo.add_argument("--pipelines", nargs="+", choices=PIPELINE_NAMES, default=PIPELINE_NAMES,
                       help="pipelines to run, in the documented order; the first one run is the baseline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

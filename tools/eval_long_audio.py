@@ -12,7 +12,7 @@ each as its own wav and all of them, joined by pauses of 0.3-0.8 s, as one long 
 and once on the pieces, and prints both WERs (jiwer, after the project's normalisation) and
 their ratio. The long-audio claim holds when long WER <= 1.2 x the pieces' WER.
 
-Why: the seed's model card says audio over ~30 s must be chunked by the caller; Borealis
+Why: the reference model card says audio over ~30 s must be chunked by the caller; Borealis
 chunks itself, and this measures what the chunking costs in accuracy on a trained model.
 
 Cost: two `borealis predict` runs (model load + generation on ~95 s of audio each: ~30 s on
@@ -32,12 +32,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from borealis.metrics import word_errors  # noqa: E402
-from borealis.shards import SAMPLE_RATE, iter_shard, list_shards  # noqa: E402
+from borealis.metrics import word_errors
+from borealis.shards import SAMPLE_RATE, iter_shard, list_shards
 
 
 def build_recording(pool: str, seconds: float, seed: int) -> tuple[list[dict], np.ndarray]:

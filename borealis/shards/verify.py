@@ -104,7 +104,7 @@ def find_pools(spec: str | Path) -> list[Path]:
         pools += [p for p in found if p not in pools]
     if not pools:
         raise FileNotFoundError(f"no shard pools in {text!r} (expected folders holding {INDEX_NAME} "
-                                f"or {SHARD_PATTERN}, e.g. written by tools/build_shards.py)")
+                                f"or {SHARD_PATTERN}, e.g. written by `borealis shards build`)")
     return pools
 
 
