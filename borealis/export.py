@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; pass the .ckpt written by `borealis fit` "
                                 f"(e.g. runs/<run>/checkpoints/last.ckpt)")
-    # Tensors and plain values only; LoraSettings for checkpoints written before hparams were plain dicts.
+    # Tensors and plain values only, and LoraSettings, which the hyper_parameters of some checkpoints hold.
     try:
         with torch.serialization.safe_globals([LoraSettings]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -42,7 +42,7 @@ def test_step_flops_by_hand():
     trained = flops.step_flops(_toy_config(None, freeze_encoder=False), seq_lens=[5, 3], num_clips=2)
     # conv1 fwd + weight grad 4*24*12; the rest 6*(48 + 64 + 64)*6; attention fwd + 2x bwd 12*36*4
     assert trained.encoder == 2 * (4 * 24 * 12 + 6 * 176 * 6 + 12 * 36 * 4)
-    assert trained.adapter == 2 * 3 * (6 * 32 + 6 * 16)  # w_in now needs its input gradient too
+    assert trained.adapter == 2 * 3 * (6 * 32 + 6 * 16)  # w_in needs its input gradient too when the encoder trains
 
 
 def _build(config: BorealisConfig) -> BorealisForConditionalGeneration:
