@@ -1,6 +1,9 @@
-"""The `borealis` CLI: every shipped config parses, and fit -> validate runs end to end."""
+"""The `borealis` command: every shipped config parses, fit -> validate runs end to end, and the
+non-Lightning commands (shards, export, demo) answer --help without loading Lightning."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,7 @@ import torch
 from conftest import make_pool, run_cli
 
 from borealis.cli import BorealisCLI
+from borealis.commands import main as borealis
 from borealis.data import BorealisDataModule
 from borealis.module import BorealisLightningModule
 from borealis.shards import iter_shard, list_shards
@@ -58,6 +62,7 @@ def test_unknown_key_fails_before_loading(tmp_path, tiny_parts):
                     save_config_callback=None, auto_configure_optimizers=False)
 
 
+@pytest.mark.slow
 def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(40), max_samples=10)
@@ -108,3 +113,53 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     rows = [json.loads(line) for line in (runs / "report" / "predictions.rank0.jsonl").read_text().splitlines()]
     assert sorted(r["key"] for r in rows) == sorted(f"v-{i}" for i in range(9))
     assert all("prediction" in r and "reference" in r for r in rows)
+
+
+def test_help_lists_every_command(capsys):
+    assert borealis(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "shards", "export", "demo"):
+        assert f"\n  {command} " in out, command
+    assert borealis([]) == 2 and "usage: borealis" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["shards", "--help"], ["build", "inspect"]),
+    (["shards", "build", "--help"], ["manifest", "librispeech", "commonvoice", "hf", "text", "audio-folder"]),
+    (["shards", "inspect", "--help"], ["--verify", "--play", "--json"]),
+    (["export", "--help"], ["--ckpt", "--config", "--out", "--format", "--keep-adapter", "--dtype"]),
+    (["demo", "--help"], ["--out", "--overwrite"]),
+])
+def test_every_command_documents_its_options(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        borealis(argv)
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith("usage: borealis ")
+    assert all(word in out for word in words), [w for w in words if w not in out]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["shards", "inspect", ".", "--bogus"], "unrecognized arguments: --bogus"),
+    (["shards", "build", "text", "--input", "x.jsonl", "--output", "o", "--kind", "noise"],
+     "unrecognized arguments: --kind noise"),
+    (["shards", "check"], "invalid choice: 'check'"),
+    (["export", "--ckpt", "a.ckpt", "--out", "o", "--merge"], "unrecognized arguments: --merge"),
+])
+def test_an_unknown_option_fails_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        borealis(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_command_names_the_choices(capsys):
+    assert borealis(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'frobnicate'" in err and "shards" in err and "fit" in err
+
+
+def test_shards_help_imports_no_torch():
+    code = ("import sys\nfrom borealis.commands import main\ntry:\n    main(['shards', 'build', 'manifest', '--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'lightning' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False False"
