@@ -35,10 +35,11 @@ demo-ablation: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis validate --config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml \
 	  --ckpt_path $(DEMO_DIR)/runs_none/checkpoints/last.ckpt
 
-# The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs.
-$(DEMO_DIR)/corpus.json: tools/make_demo_corpus.py
+# The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs,
+# and rebuilt when the demo builder's sources change.
+$(DEMO_DIR)/corpus.json: $(wildcard borealis/demo/*.py)
 	$(MAKE) install espeak
-	$(PY) tools/make_demo_corpus.py --out $(DEMO_DIR) --overwrite
+	$(VENV)/bin/borealis demo --out $(DEMO_DIR) --overwrite
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
