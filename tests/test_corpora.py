@@ -2,7 +2,7 @@
 Face dataset) each give items that `borealis shards build` writes or rejects with a reason naming
 the file and line (or row).
 
-Every corpus is made here from tones whose frequency encodes the item (300 Hz + 100 Hz * i).
+Every corpus is made here from conftest's tones, whose frequency encodes the item.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tone, tone_id
 
 from borealis.corpora import commonvoice_items, hf_items, librispeech_items
 from borealis.shards import iter_shard, list_shards
@@ -24,16 +25,10 @@ FORMATS = [(8_000, 1, "a.wav", "WAV"), (22_050, 2, "b.flac", "FLAC"), (44_100, 2
            (48_000, 1, "d.ogg", "OGG")]
 
 
-def tone(i: int, rate: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:
-    """0.4 * sin(2 pi (300 + 100 i) t): the frequency says which item it is."""
-    t = np.arange(round(seconds * rate)) / rate
-    x = (0.4 * np.sin(2 * np.pi * (300 + 100 * i) * t)).astype(np.float32)
+def clip(i: int, rate: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:
+    """conftest's traceable tone for item i at `rate`, with `channels` identical channels."""
+    x = tone(i, seconds, rate)
     return np.stack([x] * channels, 1) if channels > 1 else x
-
-
-def dominant_hz(audio: np.ndarray, rate: int = 16_000) -> float:
-    spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
-    return float(np.fft.rfftfreq(audio.size, 1 / rate)[np.argmax(spectrum)])
 
 
 def samples_of(pool: Path) -> dict[str, dict]:
@@ -50,7 +45,7 @@ def test_librispeech_folder(tmp_path):
     chapter = root / "19" / "198"
     chapter.mkdir(parents=True)
     for i in range(3):
-        sf.write(chapter / f"19-198-000{i}.flac", tone(i, 16_000), 16_000)
+        sf.write(chapter / f"19-198-000{i}.flac", clip(i, 16_000), 16_000)
     (chapter / "19-198.trans.txt").write_bytes(
         b"19-198-0000 HELLO WORLD\n19-198-0001 SECOND LINE\n19-198-0002 \n19-198-0003 NO AUDIO\n"
         b"19-198-0004 CAF\xc9\n")
@@ -64,7 +59,7 @@ def test_librispeech_folder(tmp_path):
     s = samples_of(out)["19-198-0001"]
     assert s["meta"] == {"text": "SECOND LINE", "language": "en", "source": "librispeech", "task": "asr",
                          "speaker": "19", "chapter": "198", "duration": 0.5}
-    assert dominant_hz(s["audio"]) == pytest.approx(400, abs=4)
+    assert tone_id(s["audio"]) == 1
     assert [i.where for i in librispeech_items(root)][0] == {"file": "19/198/19-198.trans.txt", "line": 1}
 
 
@@ -72,7 +67,7 @@ def test_common_voice_release(tmp_path):
     root = tmp_path / "cv-corpus" / "ru"
     (root / "clips").mkdir(parents=True)
     for i in range(3):
-        sf.write(root / "clips" / f"common_voice_ru_{i}.mp3", tone(i, 48_000, seconds=1.0), 48_000, format="MP3")
+        sf.write(root / "clips" / f"common_voice_ru_{i}.mp3", clip(i, 48_000, seconds=1.0), 48_000, format="MP3")
     header = "client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\tage\tgender\taccents\tvariant\tlocale\tsegment\n"
     rows = [f"abc{i}\tcommon_voice_ru_{i}.mp3\tsid{i}\tпредложение {i}\t\t2\t0\t{'twenties' if i else ''}\t\t\t\tru\t\n"
             for i in range(3)]
@@ -89,7 +84,7 @@ def test_common_voice_release(tmp_path):
     assert s["common_voice_ru_1"]["meta"] == {"text": "предложение 1", "language": "ru", "source": "common_voice",
                                               "task": "asr", "speaker": "abc1", "age": "twenties", "duration": 1.0}
     assert "age" not in s["common_voice_ru_0"]["meta"]  # empty columns are dropped
-    assert dominant_hz(s["common_voice_ru_2"]["audio"]) == pytest.approx(500, abs=4)
+    assert tone_id(s["common_voice_ru_2"]["audio"]) == 2
     with pytest.raises(FileNotFoundError, match="dev.tsv"):
         list(commonvoice_items(root, "dev.tsv"))
 
@@ -100,7 +95,7 @@ def test_hugging_face_dataset(tmp_path, layout):
     rows = {"audio": [], "sentence": [], "id": [], "speaker_id": []}
     for i, (rate, channels, name, fmt) in enumerate(FORMATS[:4]):
         buf = io.BytesIO()
-        sf.write(buf, tone(i, rate, channels=channels), rate, format=fmt)
+        sf.write(buf, clip(i, rate, channels=channels), rate, format=fmt)
         rows["audio"].append({"bytes": buf.getvalue(), "path": name})
         rows["sentence"].append(f"row {i}" if i != 2 else "")
         rows["id"].append(f"utt-{i}")
@@ -123,7 +118,7 @@ def test_hugging_face_dataset(tmp_path, layout):
     assert s["utt-1"]["meta"] == {"text": "row 1", "language": "en", "task": "asr", "audio_path": "b.flac",
                                   "speaker_id": 11, "duration": 0.5}
     for i in (0, 1, 3):
-        assert dominant_hz(s[f"utt-{i}"]["audio"]) == pytest.approx(300 + 100 * i, abs=4)
+        assert tone_id(s[f"utt-{i}"]["audio"]) == i
     if layout == "save_to_disk":
         with pytest.raises(ValueError, match="choose one with --hf-split"):
             hf_items(tmp_path / "ds")
