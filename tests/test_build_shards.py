@@ -1,4 +1,4 @@
-"""`borealis shards build` (borealis/ingest.py + borealis/shards/cli.py): every input line (or file,
+"""`borealis shards build` (borealis/ingest/ + borealis/shards/cli.py): every input line (or file,
 for noise/IR folders) is written or rejected with a reason, keys are deterministic, noise/IR pools
 feed the augmentation effects, and the command runs end to end (once through a subprocess)."""
 

@@ -1,4 +1,4 @@
-"""borealis/ingest.py on real-corpus inputs: manifests (Borealis and NeMo style) at every rate,
+"""borealis/ingest/ on real-corpus inputs: manifests (Borealis and NeMo style) at every rate,
 channel layout and codec, segments and long recordings, worker-count determinism and splits.
 
 Every fixture is made here: tones whose frequency encodes the item, written at 8/22.05/44.1/
