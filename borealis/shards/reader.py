@@ -8,9 +8,12 @@ shard's samples are exactly those `webdataset.WebDataset` reads: consecutive mem
 share the name before the first dot, the extension lower-cased.
 
 Around that grouping this module keeps what webdataset does not do, and why:
-- the end-of-archive check: tarfile ends quietly at a missing header, so a tar cut at a
-  member boundary reads as a shorter valid one; webdataset's `tar_file_iterator` hides the
-  tar stream, whose offset the check needs, so members are listed here (`_members`);
+- listing the members (`_members`, instead of webdataset's `tar_file_iterator`): the
+  end-of-archive check needs the tar stream's offset, which `tar_file_iterator` keeps to
+  itself (tarfile ends quietly at a missing header, so a tar cut at a member boundary would
+  read as a shorter valid one); and a reader of one part of a shard reads the bytes of its
+  own samples only, after `group_by_keys` has taken each member, which `tar_file_iterator`
+  (reading every member first) cannot;
 - a key that comes back later in a shard (not adjacent) is an error; webdataset yields two
   samples with that key;
 - a duplicate member drops its whole sample; webdataset's error handler can only drop the
@@ -24,9 +27,9 @@ Why: one bad file among thousands must not stop a training run, but skipping is 
 purpose and stays visible (see `ReadErrors`).
 
 Cost: 5 s noisy clips stream at ~500 clips/s on one loaded CPU core (~2 ms each, soundfile
-from memory). A reader of one part of a shard reads all of its bytes (a tar is a stream) and
-decodes only its own samples. `index_samples` reads one 512-byte header per member,
-`read_sample` one seek + read per member.
+from memory). A reader of one part of a shard passes over all of its bytes (a tar is a
+stream) and copies and decodes only its own samples. `index_samples` reads one 512-byte
+header per member, `read_sample` one seek + read per member.
 """
 
 from __future__ import annotations
