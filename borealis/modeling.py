@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # base_dtype, --dtype
 
 __all__ = ["BorealisConfig", "BorealisForConditionalGeneration", "DTYPES", "LoraSettings", "check_encoder_window",
            "check_trainable_state", "load_init_weights", "read_weights", "run_encoder", "shared_prefix_length"]

@@ -104,8 +104,8 @@ def test_segment_cache_is_bounded_and_changes_nothing(prompts):
 
 
 def test_asr_and_shard_sample_chats():
-    assert asr_messages("dva", "ru") == [{"role": "user", "content": f"Расшифруй аудио. {AUDIO_PLACEHOLDER}"},
-                                         {"role": "assistant", "content": "dva"}]
+    assert asr_messages("dva", "ru") == [
+        {"role": "user", "content": f"Расшифруй аудио. {AUDIO_PLACEHOLDER}"}, {"role": "assistant", "content": "dva"}]
     assert asr_messages(None, "xx") == [{"role": "user", "content": f"Transcribe the audio. {AUDIO_PLACEHOLDER}"}]
     assert sample_messages({"text": "one", "language": "en"}, has_audio=True)[1]["content"] == "one"
     own = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
