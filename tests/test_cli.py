@@ -77,7 +77,7 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
               "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
               "--data.text_pool", str(tmp_path / "text"),
               "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}),
-              "--data.predict_sets", json.dumps({"bench": str(tmp_path / "bench")}),
+              "--data.predict.sets", json.dumps({"bench": str(tmp_path / "bench")}),
               "--data.batching", json.dumps({"batch_size": 4, "max_seconds_per_batch": None}), "--data.batches_per_epoch", "3",
               "--data.max_seconds", "2.0", "--data.num_workers", "1"]
     run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", cwd=tmp_path)

@@ -58,7 +58,7 @@ def build_recording(pool: str, seconds: float, seed: int) -> tuple[list[dict], n
 def predict(config: Sequence[str], ckpt: str, files: list[str], out: Path, extra: Sequence[str] = ()) -> list[dict]:
     """`borealis predict` on `files` (+ `extra` options); returns its rows in input order."""
     cmd = [sys.executable, "-m", "borealis.cli", "predict", *[a for c in config for a in ("--config", c)],
-           "--ckpt_path", ckpt, "--data.predict_sets", "{}", "--data.predict_files", json.dumps(files),
+           "--ckpt_path", ckpt, "--data.predict.sets", "{}", "--data.predict.files", json.dumps(files),
            "--model.report_dir", str(out), *extra]
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode:
