@@ -2,12 +2,12 @@
 
 What:
     python tools/eval_long_audio.py --config configs/demo.yaml --ckpt_path demo/runs/checkpoints/last.ckpt
-    python tools/eval_long_audio.py ... -- --data.predict_min_pause null   # fill windows instead
+    python tools/eval_long_audio.py ... -- --data.predict.min_pause null   # fill windows instead
     python tools/eval_long_audio.py ... --pool demo/shards/bench/demo_en --seconds 95 --json out.json
 
 Takes utterances of a benchmark pool in order until they make `--seconds` of audio, writes
 each as its own wav and all of them, joined by pauses of 0.3-0.8 s, as one long wav; then runs
-`borealis predict --data.predict_files` twice through the real CLI, once on the long file
+`borealis predict --data.predict.files` twice through the real CLI, once on the long file
 (cut into encoder-sized windows at pauses, overlapping where it must cut speech, text merged)
 and once on the pieces, and prints both WERs (jiwer, after the project's normalisation) and
 their ratio. The long-audio claim holds when long WER <= 1.2 x the pieces' WER.
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the pauses")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("extra", nargs="*", help="more `borealis predict` options, after `--` (e.g. -- "
-                                            "--data.predict_min_pause 0.25)")
+                                            "--data.predict.min_pause 0.25)")
     args = p.parse_args(argv)
 
     pieces, long_audio = build_recording(args.pool, args.seconds, args.seed)
