@@ -274,6 +274,34 @@ def test_read_errors_name_shard_and_key(tmp_path):
         list(iter_shard(tmp_path / "missing.tar"))
 
 
+def test_skipping_reader_drops_whole_samples_and_parts_add_up(tmp_path):
+    """A duplicate member drops its whole sample (webdataset would keep the first member), a key
+    met again later in the shard is skipped (webdataset would yield it twice), and readers
+    sharing a damaged shard count, between them, what one reader counts."""
+    from borealis.shards import ReadErrors
+
+    members = [(f"s{i}.json", json.dumps({"text": str(i)}).encode()) for i in range(3)]
+    members.insert(2, ("s1.json", b'{"text": "again"}'))  # s1 has its .json twice
+    members += [("s0.json", b"{}"), ("s3.json", b"{}"), ("s4.json", b"{}")]  # s0 comes back later
+    shard = _hand_made_tar(tmp_path / "damaged.tar", members)
+    data = shard.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:data.index(b"s4.json")])  # ends where s4's header begins
+
+    errors = ReadErrors()
+    assert [s["key"] for s in iter_shard(shard, on_error=errors)] == ["s0", "s2", "s3", "s4"]
+    assert errors.counts() == (2, 0, 0, 0)  # s1 (duplicate member) and the second s0
+    with pytest.raises(ShardError, match="'s1': duplicate member 's1.json'"):
+        list(iter_shard(shard))
+    one = ReadErrors()
+    keys = [s["key"] for s in iter_shard(cut, on_error=one, expected=6)]
+    parts = [ReadErrors() for _ in range(3)]
+    split = [[s["key"] for s in iter_shard(cut, on_error=e, expected=6, part=i, parts=3)] for i, e in enumerate(parts)]
+    assert sorted(k for ks in split for k in ks) == sorted(keys)
+    assert tuple(map(sum, zip(*(e.counts() for e in parts)))) == one.counts()
+    assert keys == ["s0", "s2"] and one.counts() == (2, 2, 0, 1)  # s3 (being read at the cut) and s4 lost
+
+
 def test_list_shards_folder_glob_and_nothing(tmp_path):
     pool = tmp_path / "pool"
     write_pool(pool, max_samples=2)
