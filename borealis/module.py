@@ -44,10 +44,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, WhisperConfig
 
-from borealis.augmentations import SpecAugment
 from borealis.callbacks import NonFiniteSteps, PredictionWriter, RngState
 from borealis.features import num_mel_frames
-from borealis.metrics import average_wer, report_dir, rtfx, wer_table, word_errors, write_report
+from borealis.metrics import (
+    average_wer,
+    report_dir,
+    rtfx,
+    wer_table,
+    word_errors,
+    write_report,
+)
 from borealis.modeling import (
     DTYPES,
     BorealisForConditionalGeneration,
@@ -58,6 +64,7 @@ from borealis.modeling import (
 )
 from borealis.prompts import AUDIO_START, DEFAULT_SYSTEM_PROMPT, PromptBuilder
 from borealis.shards import SAMPLE_RATE, ReadErrors
+from borealis.spec_augment import SpecAugment
 
 log = logging.getLogger(__name__)
 

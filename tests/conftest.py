@@ -1,10 +1,8 @@
-"""Tiny, deterministic Whisper/Qwen3 parts built in code and saved to local folders.
+"""Fixtures: tiny, deterministic Whisper/Qwen3 parts built in code and saved to local folders.
 
 Everything loads through the same `from_pretrained` code the flagship uses with hub ids;
-nothing is downloaded (HF_HUB_OFFLINE=1). The configs and the tokenizer come from
-`borealis.demo.models`, the builders of the CPU demo's base models; only the sizes are the
-tests' own: the smallest that keep every code path real (2 layers each, widths divisible by
-the head counts).
+nothing is downloaded (HF_HUB_OFFLINE=1). The configs, tokenizer and test data come from
+`borealis.testing`.
 """
 
 from __future__ import annotations
@@ -14,64 +12,10 @@ import os
 import pytest
 import torch
 
+from borealis.testing import build_tokenizer, tiny_qwen3_config, tiny_whisper_config
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-TINY_TEXT = [
-    "zero one two three four five six seven eight nine",
-    "ноль один два три четыре пять шесть семь восемь девять",
-    "Transcribe the audio. Расшифруй аудио. You are a helpful voice assistant.",
-    "turn on the light open the door what is the first word how many words",
-]
-
-
-def build_tokenizer(texts=TINY_TEXT):
-    """A GPT-2-style byte-level BPE tokenizer with Qwen's ChatML special tokens (vocab ~300)."""
-    from borealis.demo.models import train_tokenizer
-
-    return train_tokenizer(list(texts) * 4, vocab_size=320, qwen3=False)  # 4 passes over TINY_TEXT, as trained
-
-
-def run_cli(*args: str, cwd, pythonpath: str | None = None, timeout: int = 600):
-    """`python -m borealis.cli ARGS` in a subprocess, offline and on the CPU; asserts exit 0
-    (showing the end of stderr) and returns the CompletedProcess. `pythonpath` is prepended
-    to PYTHONPATH (e.g. tests/, for callbacks defined in a test module)."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([pythonpath, os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "borealis.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def tiny_whisper_config(max_source_positions: int = 100):
-    """The tests' Whisper: 100 positions = 200 mel frames = a 2 s window."""
-    from borealis.demo.models import WhisperSize, whisper_config
-
-    size = WhisperSize(
-        dim=32, layers=2, heads=2,  # 2 layers, 2 heads: the smallest that keep every code path real
-        ffn=64,  # 2 x d_model
-        mel_bins=80,  # Whisper <= v2 mel bins (large-v3 uses 128)
-        max_source_positions=max_source_positions)
-    # the unused decoder's feed-forward width 64; init 0.02: Whisper's default
-    return whisper_config(size, decoder_ffn=64, init_std=0.02)
-
-
-def tiny_qwen3_config(vocab_size: int):
-    """The tests' Qwen3, with `vocab_size` embedding rows (tied)."""
-    from borealis.demo.models import Qwen3Size, qwen3_config
-
-    size = Qwen3Size(
-        dim=48, ffn=96,  # hidden size divisible by the 4 heads; MLP 2 x hidden
-        layers=2,  # the smallest that keeps every code path real
-        heads=4, kv_heads=2, head_dim=12,  # GQA like Qwen3-4B (32q/8kv)
-        max_positions=512)  # a 2 s window's 25 audio slots (k=4) plus the prompt
-    # init 0.3: large enough that frozen embeddings can express confident logits (LoRA-only runs)
-    return qwen3_config(vocab_size, size, init_std=0.3)
 
 
 @pytest.fixture(scope="session")
@@ -96,38 +40,3 @@ def tiny_model(tiny_parts):
     enc, llm = tiny_parts
     return BorealisForConditionalGeneration.from_parts(
         str(enc), str(llm), lora=LoraSettings(r=4, alpha=8, dropout=0.0))
-
-
-def tone(sample_id: int, seconds: float, sr: int = 16000):
-    """Traceable audio: a sine whose frequency encodes the sample id (200 Hz + 10 Hz * id)."""
-    import numpy as np
-
-    t = np.arange(int(seconds * sr)) / sr
-    return (0.3 * np.sin(2 * np.pi * (200 + 10 * sample_id) * t)).astype(np.float32)
-
-
-def tone_id(wave, sr: int = 16000) -> int:
-    """Inverse of `tone`: the sample id from the spectral peak."""
-    import numpy as np
-
-    spectrum = np.abs(np.fft.rfft(wave))
-    freq = np.argmax(spectrum) * sr / len(wave)
-    return int(round((freq - 200) / 10))
-
-
-def make_pool(out, name: str, ids, *, language: str = "en", text_only: bool = False, max_samples: int = 10,
-              seconds=lambda i: 0.2 + 0.05 * (i % 5)):
-    """A shard pool of tone samples `{name}-{id}` whose transcript spells the id."""
-    from borealis.shards import ShardWriter
-
-    with ShardWriter(out, max_samples=max_samples) as w:
-        for i in ids:
-            words = " ".join("zero one two three four five six seven eight nine".split()[int(c)] for c in str(i))
-            if text_only:
-                meta = {"task": "chat", "language": language, "source": name,
-                        "messages": [{"role": "user", "content": f"spell {i}"}, {"role": "assistant", "content": words}]}
-                w.write(f"{name}-{i}", meta)
-            else:
-                w.write(f"{name}-{i}", {"text": words, "language": language, "source": name, "task": "asr"},
-                        tone(i, seconds(i)))
-    return out

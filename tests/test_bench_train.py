@@ -109,7 +109,7 @@ def test_out_of_memory_or_failure_is_a_row_not_a_crash(monkeypatch):
 def test_demo_shape_compares_the_reference_pipeline_on_real_samples(tmp_path, tiny_parts, capsys):
     """--shape demo on a small real corpus: every pipeline trains on the same samples, the
     accounting holds, trimming and the batch window cut work, and the table prints the ratio."""
-    from conftest import make_pool
+    from borealis.testing import make_pool
 
     enc, llm = tiny_parts
     make_pool(tmp_path / "a", "a", range(16), seconds=lambda i: 0.2 + 0.1 * (i % 7))

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from conftest import make_pool
+from borealis.testing import make_pool
 
 from borealis.module import BorealisLightningModule
 from borealis.shards import SAMPLE_RATE, iter_shard, list_shards

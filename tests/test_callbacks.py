@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import make_pool
+from borealis.testing import make_pool
 
 from borealis.callbacks import NonFiniteSteps, PredictionWriter, RngState, SampleLog
 from borealis.callbacks.rng_state import rng_state, set_rng_state

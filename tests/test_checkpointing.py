@@ -6,7 +6,7 @@ from datetime import timedelta
 import lightning as L
 import pytest
 import torch
-from conftest import make_pool
+from borealis.testing import make_pool
 
 from borealis import checkpointing
 from borealis.checkpointing import AtomicCheckpointIO, Checkpoint

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_pool, run_cli
+from borealis.testing import make_pool, run_cli
 
 from borealis.cli import BorealisCLI
 from borealis.commands import main as borealis

@@ -2,7 +2,7 @@
 Face dataset) each give items that `borealis shards build` writes or rejects with a reason naming
 the file and line (or row).
 
-Every corpus is made here from conftest's tones, whose frequency encodes the item.
+Every corpus is made here from `borealis.testing`'s tones, whose frequency encodes the item.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone, tone_id
+from borealis.testing import tone, tone_id
 
 from borealis.corpora import commonvoice_items, hf_items, librispeech_items
 from borealis.shards import iter_shard, list_shards
@@ -26,7 +26,7 @@ FORMATS = [(8_000, 1, "a.wav", "WAV"), (22_050, 2, "b.flac", "FLAC"), (44_100, 2
 
 
 def clip(i: int, rate: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:
-    """conftest's traceable tone for item i at `rate`, with `channels` identical channels."""
+    """`borealis.testing.tone` for item i at `rate`, with `channels` identical channels."""
     x = tone(i, seconds, rate)
     return np.stack([x] * channels, 1) if channels > 1 else x
 

@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import build_tokenizer, make_pool, tone
+from borealis.testing import build_tokenizer, make_pool, tone
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from borealis.augmentations import AugmentationPipeline, AugmentationStage, BackgroundNoise, Gain, SpecAugment
@@ -18,7 +18,7 @@ from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool
 from borealis.prompts import PromptBuilder
 from borealis.shards import ShardWriter
 
-TONE_PEAK = 0.3  # conftest.tone amplitude
+TONE_PEAK = 0.3  # borealis.testing.tone amplitude
 
 
 class Probe(L.LightningModule):

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 
 import pytest
-from conftest import build_tokenizer, make_pool, tone_id
+from borealis.testing import build_tokenizer, make_pool, tone_id
 from torch.utils.data import DataLoader
 
 from borealis.data import (

@@ -54,7 +54,7 @@ def test_tiny_models_and_tokenizer_reload_offline(tmp_path):
 
 
 def test_the_tests_tokenizer_is_plain_byte_level():
-    """`qwen3=False` (tests/conftest.py): GPT-2's split keeps digit runs whole; no chat template."""
+    """`qwen3=False` (borealis.testing.build_tokenizer): GPT-2's split keeps digit runs whole; no chat template."""
     tok = train_tokenizer(["call 12 34", "ноль один"] * 4, vocab_size=300, qwen3=False)
     demo = train_tokenizer(["call 12 34", "ноль один"] * 4, vocab_size=300)
     assert tok.chat_template is None and demo.chat_template is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import make_pool, run_cli
+from borealis.testing import make_pool, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 

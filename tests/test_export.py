@@ -24,7 +24,7 @@ from safetensors import safe_open
 from borealis.export import export, load_checkpoint, voxtral_problems
 from borealis.modeling import BorealisForConditionalGeneration, LoraSettings
 from borealis.commands import export_main
-from conftest import build_tokenizer, run_cli, tiny_qwen3_config, tiny_whisper_config
+from borealis.testing import build_tokenizer, run_cli, tiny_qwen3_config, tiny_whisper_config
 
 SR = 16000
 PROMPT = "What is this audio about? <|start_of_audio|><|end_of_audio|>"
@@ -303,7 +303,7 @@ def test_voxtral_refuses_what_it_cannot_express(trained, tiny_parts, tmp_path):
     assert "375" not in str(err.value) and "25 per 2 s" in str(err.value)  # the tiny window's full count
     assert not (tmp_path / "vox").exists()
 
-    # conftest's tiny Whisper has encoder_ffn_dim = 2 x d_model: Voxtral would stack 2 frames, not 4
+    # borealis.testing's tiny Whisper has encoder_ffn_dim = 2 x d_model: Voxtral would stack 2 frames, not 4
     enc, llm = tiny_parts
     half = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), trim_audio_tokens=False)
     assert any("intermediate_size = encoder_ffn_dim = 64" in p for p in voxtral_problems(half))

@@ -99,7 +99,7 @@ def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     import json
     from pathlib import Path
 
-    from conftest import run_cli
+    from borealis.testing import run_cli
 
     enc, llm = tiny_parts
     window = json.loads((Path(enc) / "config.json").read_text())["max_source_positions"] * 2 / 100  # seconds

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone, tone_id
+from borealis.testing import tone, tone_id
 from borealis.ingest import build_pool
 from borealis.shards import ShardWriter, find_pools, index_samples, inspect_pool, list_shards, read_index, read_sample
 from borealis.shards.cli import main as shards_main

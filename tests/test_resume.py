@@ -20,7 +20,7 @@ import time
 
 import pytest
 import torch
-from conftest import build_tokenizer, make_pool
+from borealis.testing import build_tokenizer, make_pool
 
 from borealis import augmentations as A
 from borealis.checkpointing import AtomicCheckpointIO

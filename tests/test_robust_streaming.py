@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import build_tokenizer, make_pool, tone_id
+from borealis.testing import build_tokenizer, make_pool, tone_id
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from borealis.data import Batching, BenchmarkSet, BorealisDataModule, MixtureStream, Pool, read_pass, sample_problem

@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import make_pool, run_cli
+from borealis.testing import make_pool, run_cli
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 

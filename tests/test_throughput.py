@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import make_pool, run_cli
+from borealis.testing import make_pool, run_cli
 from lightning.pytorch.loggers import Logger
 
 from borealis import throughput

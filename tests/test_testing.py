@@ -1,0 +1,28 @@
+"""Test utilities (borealis/testing.py): the traceable tones decode back to their ids, tone pools
+hold what they were given, and a failing `borealis` run is reported with its stderr."""
+
+from __future__ import annotations
+
+import pytest
+
+from borealis.shards import iter_shard, list_shards, read_index
+from borealis.testing import make_pool, run_cli, tone, tone_id
+
+
+@pytest.mark.parametrize("sample_id", [0, 7, 42, 199])
+def test_tone_id_inverts_tone(sample_id):
+    assert tone_id(tone(sample_id, 0.25)) == sample_id
+
+
+def test_make_pool_writes_every_id_with_its_spelled_transcript(tmp_path):
+    make_pool(tmp_path / "p", "p", [3, 14, 15], max_samples=2)
+    samples = [s for shard in list_shards(tmp_path / "p") for s in iter_shard(shard)]
+    assert [s["key"] for s in samples] == ["p-3", "p-14", "p-15"]
+    assert [s["meta"]["text"] for s in samples] == ["three", "one four", "one five"]
+    assert [tone_id(s["audio"]) for s in samples] == [3, 14, 15]
+    assert read_index(tmp_path / "p")["num_samples"] == 3
+
+
+def test_run_cli_raises_with_the_commands_stderr(tmp_path):
+    with pytest.raises(AssertionError, match="exited 2"):
+        run_cli("fit", "--no-such-option", "1", cwd=tmp_path, timeout=120)
