@@ -262,21 +262,29 @@ def _add_token_rows(lm, vocab: int) -> None:
 
 
 # ---------------------------------------------------------------------- init_from
+HUB_WEIGHTS = (f"{WEIGHTS_NAME}.index.json", WEIGHTS_NAME, "pytorch_model.bin")  # looked up in this order
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a weights source, for `load_init_weights`.
 
     Accepts a model directory (`model.safetensors`, or a sharded `model.safetensors.index.json`,
-    as `save_pretrained` and `borealis.export` write), a `.safetensors` file, or a torch file
+    as `save_pretrained` and `borealis.export` write), a `.safetensors` file, a torch file
     (`.pt`/`.bin`/`.ckpt`: a plain state dict, `{"state_dict": ...}` or `{"model": ...}`; a
-    Lightning checkpoint's "model." prefix is dropped). Torch files load with
-    `weights_only=True`: no pickled code runs.
+    Lightning checkpoint's "model." prefix is dropped), or a Hugging Face repo id
+    (`owner/name`, e.g. the seed's pretrain `AlexWortega/Borealis5b_90k`) that is not a local
+    path: its first file of `HUB_WEIGHTS` is fetched through huggingface_hub's cache, like
+    any `from_pretrained` id, so `HF_HUB_OFFLINE=1` reads a cached copy. Torch files load
+    with `weights_only=True`: no pickled code runs.
 
     Raises:
-        FileNotFoundError: nothing loadable at `path`.
+        FileNotFoundError: nothing loadable at `path` (locally, or in the hub/its cache).
     """
     from safetensors.torch import load_file
 
     p = Path(path)
+    if not p.exists() and _is_repo_id(str(path)):
+        p = _hub_weights(str(path))
     if p.is_dir():
         index = p / f"{WEIGHTS_NAME}.index.json"
         if index.is_file():
@@ -302,6 +310,41 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _is_repo_id(name: str) -> bool:
+    """`owner/name` with the hub's characters, no file suffix: what `from_pretrained` would look up."""
+    import re
+
+    return (re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith(".")
+            and Path(name).suffix not in {".pt", ".bin", ".ckpt", ".safetensors", ".pth"})
+
+
+def _hub_weights(repo_id: str) -> Path:
+    """The local path of `repo_id`'s weights: the snapshot folder of a sharded index (its shards
+    fetched too) or the single weights file, downloaded or, offline, read from the cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    for name in HUB_WEIGHTS:
+        try:
+            local = Path(hf_hub_download(repo_id, name))
+        except EntryNotFoundError:  # absent from the repo, or (offline) from the cache
+            continue
+        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+            raise FileNotFoundError(f"init_from: {repo_id} is neither a local path nor a Hugging Face repo "
+                                    f"({type(err).__name__})") from err
+        if name.endswith(".index.json"):
+            import json
+
+            for shard in sorted(set(json.loads(local.read_text())["weight_map"].values())):
+                hf_hub_download(repo_id, shard)
+            return local.parent
+        return local
+    raise FileNotFoundError(
+        f"init_from: {repo_id} is not a local path, and the Hugging Face repo of that name has none of "
+        f"{list(HUB_WEIGHTS)} (offline, HF_HUB_OFFLINE=1: none in the cache; fetch it with "
+        f"`hf download {repo_id}` where the hub is reachable, or pass a local folder or file)")
+
+
 def _state_shapes(model: nn.Module) -> dict[str, torch.Size]:
     """The model's state-dict keys (reference names) and tensor shapes, read from its modules, so
     that nothing is gathered under FSDP."""
@@ -316,15 +359,21 @@ def _state_shapes(model: nn.Module) -> dict[str, torch.Size]:
 
 
 def check_trainable_state(model, state: Mapping[str, torch.Tensor], *, source: str, allow_frozen: bool = False,
-                          lora_optional: bool = False) -> None:
+                          lora_optional: bool = False, encoder_optional: bool = False,
+                          whole_parts: bool = False) -> None:
     """Check that `state` holds exactly the trainable weights of `model`, in their shapes.
 
     Args:
         model: a `BorealisForConditionalGeneration` (its layers may be FSDP-wrapped).
         state: tensors under the model's own parameter names (reference names, no "model." prefix).
         source: what `state` came from, for the message (a path, "the checkpoint").
-        allow_frozen: keys of the model's frozen weights may be present too (a full saved model).
+        allow_frozen: keys of the model's frozen weights may be present too (a full saved model,
+            a pretrain that fine-tuned the whole LLM).
         lora_optional: the LoRA factors may all be absent (fresh LoRA on top of, e.g., a merged export).
+        encoder_optional: a trained encoder's weights may all be absent: it keeps the `encoder`
+            checkpoint's (a pretrain that froze the encoder, for a run that trains it).
+        whole_parts: a part (`encoder.`, `llm.`) of whose frozen weights `state` holds some must
+            hold all of them, so that loading it never half replaces a base.
 
     Raises:
         ValueError: naming `source` and listing every missing trainable key, unexpected key and
@@ -334,8 +383,11 @@ def check_trainable_state(model, state: Mapping[str, torch.Tensor], *, source: s
     trainable = model.trainable_parameter_names()
     allowed = set(shapes) if allow_frozen else set(trainable)
     skip_lora = lora_optional and not any(".lora_" in k for k in state)
+    skip_encoder = encoder_optional and not any(k.startswith("encoder.") for k in state)
     unexpected = sorted(set(state) - allowed)
-    missing = sorted(k for k in trainable if k not in state and not (skip_lora and ".lora_" in k))
+    missing = sorted(k for k in trainable if k not in state and not (skip_lora and ".lora_" in k)
+                     and not (skip_encoder and k.startswith("encoder.")))
+    partial = _partial_frozen_parts(model, shapes, set(trainable), state) if whole_parts else []
     # FSDP keeps each unit's parameters as flat shards (use_orig_params): their shapes say nothing here
     sharded = any("_fsdp_wrapped_module." in n for n, _ in model.named_parameters())
     mismatched = [] if sharded else sorted(
@@ -343,7 +395,7 @@ def check_trainable_state(model, state: Mapping[str, torch.Tensor], *, source: s
         for k in set(state) & allowed if state[k].shape != shapes[k])
     problems = [f"{len(missing)} missing trainable key(s): {missing[:20]}" if missing else "",
                 f"{len(unexpected)} unexpected key(s): {unexpected[:20]}" if unexpected else "",
-                f"{len(mismatched)} shape mismatch(es): {mismatched[:10]}" if mismatched else ""]
+                f"{len(mismatched)} shape mismatch(es): {mismatched[:10]}" if mismatched else "", *partial]
     problems = [p for p in problems if p]
     if problems:
         raise ValueError(f"{source} does not match this model's trainable weights: " + "; ".join(problems)
@@ -351,28 +403,61 @@ def check_trainable_state(model, state: Mapping[str, torch.Tensor], *, source: s
                          "freeze_encoder settings? Pass the config it was trained with.")
 
 
-def load_init_weights(model: BorealisForConditionalGeneration, path: str | Path) -> dict[str, int]:
-    """Start `model` from released weights: an exported/saved Borealis model or the reference code's state dict.
+def _partial_frozen_parts(model, shapes: Mapping[str, torch.Size], trainable: set[str],
+                          state: Mapping[str, torch.Tensor]) -> list[str]:
+    """A problem line for each part (`encoder.`, `llm.`) of which `state` holds some frozen weights but not all."""
+    tied = getattr(model.config.llm_config, "tie_word_embeddings", False)
+    problems = []
+    for part in ("encoder.", "llm."):
+        frozen = [k for k in shapes if k.startswith(part) and k not in trainable
+                  and not (tied and k == "llm.lm_head.weight")]
+        missing = sorted(k for k in frozen if k not in state)
+        if missing and len(missing) < len(frozen):
+            problems.append(f"{len(missing)} of the {len(frozen)} frozen {part[:-1]} weights missing (a source "
+                            f"replaces a frozen part whole or not at all): {missing[:20]}")
+    return problems
 
-    Names are the reference module's (`encoder.*`, `adapter.w_in/w_out`, `llm.*`, LoRA as
-    `llm.<...>.lora_A.weight`). The source may omit the frozen base (it comes from the model's
-    `encoder`/`llm` checkpoints) and may omit every LoRA factor (fresh LoRA on top, e.g. of a
-    merged export); it must hold every other trainable weight, and nothing the model lacks.
+
+def load_init_weights(model: BorealisForConditionalGeneration, path: str | Path) -> dict[str, int]:
+    """Start `model` from a pretrain: a stage-1 checkpoint, an exported/saved Borealis model, or the seed's state dict.
+
+    `path` is anything `read_weights` reads: a local folder or file (a `borealis fit` `.ckpt`
+    too) or a Hugging Face repo id. Names are the reference module's (`encoder.*`,
+    `adapter.w_in/w_out`, `llm.*`, LoRA as `llm.<...>.lora_A.weight`). The source must hold
+    every trainable weight and nothing the model lacks, except that it may omit
+      - the frozen base (it comes from the model's `encoder`/`llm` checkpoints);
+      - every LoRA factor: fresh LoRA on top, e.g. of a merged export or of the seed's
+        pretrain, whose code fine-tuned the whole LLM: its full `llm.*` weights replace the
+        frozen base LLM (a frozen part is replaced whole, never in part);
+      - the whole encoder when this model trains it (it starts from the `encoder` checkpoint).
+    A trainable weight is loaded at the source's precision when that is the wider (a float32
+    stage-1 checkpoint into a bfloat16 base's LoRA is not rounded), so the run starts from
+    exactly the source's trained weights.
 
     Returns:
-        {"loaded": tensors loaded, "fresh_lora": LoRA factors left at their init}.
+        {"loaded": tensors loaded, "frozen": of them into frozen weights, "fresh_lora": LoRA
+        factors left at their init}.
 
     Raises:
-        ValueError: listing every unexpected key, missing trainable key, or shape mismatch.
+        ValueError: listing every unexpected key, missing trainable key, shape mismatch or
+            partly given frozen part.
+        FileNotFoundError: nothing loadable at `path`.
     """
     state = read_weights(path)
     if getattr(model.config.llm_config, "tie_word_embeddings", False):
         state.pop("llm.lm_head.weight", None)
-    check_trainable_state(model, state, source=f"init_from {path}", allow_frozen=True, lora_optional=True)
+    check_trainable_state(model, state, source=f"init_from {path}", allow_frozen=True, lora_optional=True,
+                          encoder_optional=True, whole_parts=True)
+    trainable = set(model.trainable_parameter_names())
+    for name, param in model.named_parameters():
+        src = state.get(_reference_name(name))
+        if (param.requires_grad and src is not None and src.is_floating_point()
+                and torch.finfo(src.dtype).bits > torch.finfo(param.dtype).bits):
+            param.data = param.data.to(src.dtype)
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
-    has_lora = any(".lora_" in k for k in state)
-    fresh = sum(".lora_" in k for k in model.trainable_parameter_names()) if not has_lora else 0
-    log.info("init_from %s: loaded %d tensors%s", path, len(state),
+    frozen = sum(k not in trainable for k in state)
+    fresh = 0 if any(".lora_" in k for k in state) else sum(".lora_" in k for k in trainable)
+    log.info("init_from %s: loaded %d tensors (%d into the frozen base)%s", path, len(state), frozen,
              f", {fresh} LoRA factors fresh" if fresh else "")
-    return {"loaded": len(state), "fresh_lora": fresh}
+    return {"loaded": len(state), "frozen": frozen, "fresh_lora": fresh}
