@@ -68,11 +68,18 @@ def rtfx(audio_seconds: float, seconds: float) -> float:
 
 
 def write_report(path: str | Path, checkpoint: str, per_benchmark: Mapping[str, dict],
-                 overall: Mapping[str, float] | None = None) -> dict:
+                 overall: Mapping[str, float] | None = None, baselines: Mapping[str, dict] | None = None) -> dict:
     """Write the WER JSON: per benchmark {wer, errors, words, samples, ...} plus avg, and the
-    `overall` figures (validation writes audio_seconds, seconds, rtfx) at the top level."""
+    `overall` figures (validation writes audio_seconds, seconds, rtfx) at the top level.
+
+    `baselines` (when given) goes under "baselines": per baseline name, e.g. "whisper",
+    {"model", "benchmarks": {name: {wer, errors, words, samples, seconds, rtfx}}, "avg"},
+    scored on the same rows with the same normaliser.
+    """
     report = {"checkpoint": checkpoint, "benchmarks": dict(per_benchmark),
               "avg": average_wer({k: v["wer"] for k, v in per_benchmark.items()}), **(overall or {})}
+    if baselines:
+        report["baselines"] = dict(baselines)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False))

@@ -18,6 +18,11 @@
   The sums and each rank's wall times travel in one all-gather per epoch: sums add, so the WER
   is exact across ranks; wall times take the max (the slowest rank). tools/bench_validate.py
   compares it with one-by-one generation (figures in BENCHMARKS.md).
+* `borealis validate` (and `test`) also scores the encoder-decoder Whisper named by `encoder`,
+  the seed's baseline row (`whisper_baseline.WhisperBaseline`): same batches, log-mel and
+  normaliser, language tokens from each sample's metadata. It is a row of the table and
+  `baselines.whisper` in wer.json; its time is kept out of Borealis' RTFx. fit's periodic
+  validation never runs it: the row does not change while Borealis trains.
 * The training loss comes from `model.loss` (logits of the labelled positions only) unless
   `label_logits_only: false` (the causal LM's own forward, logits at every position).
 * Checkpoints hold the trainable weights (LoRA + adapter, ~0.55B at 5B shapes) plus
@@ -41,6 +46,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, WhisperConfig
 
@@ -65,8 +71,14 @@ from borealis.modeling import (
 from borealis.prompts import AUDIO_START, DEFAULT_SYSTEM_PROMPT, PromptBuilder
 from borealis.shards import SAMPLE_RATE, ReadErrors
 from borealis.spec_augment import SpecAugment
+from borealis.whisper_baseline import PROMPT_TOKENS, WhisperBaseline
 
 log = logging.getLogger(__name__)
+
+# Columns of the per-benchmark validation sums: Borealis' word errors, reference words, samples,
+# audio samples and wall seconds, then the Whisper baseline's word errors, reference words,
+# samples and generation seconds. Wall and generation seconds take the max over ranks; the rest add.
+ERRORS, WORDS, SAMPLES, AUDIO, WALL, W_ERRORS, W_WORDS, W_SAMPLES, W_SECONDS = range(9)
 
 
 class BorealisLightningModule(L.LightningModule):
@@ -107,6 +119,14 @@ class BorealisLightningModule(L.LightningModule):
             without the logits of every prompt and audio position: 0.6 MB and 0.78 GFLOP per
             position at Qwen3-4B). false: the causal LM's own forward, logits everywhere; the
             two differ in the last bits only (summation order).
+        whisper_baseline: `borealis validate` and `test` also transcribe every benchmark with
+            the encoder-decoder Whisper `encoder` names (loaded when validation starts, on the
+            same device and `base_dtype`; the same batches, log-mel and normaliser; language and
+            task tokens from each sample's `language`) and show it as a row of the WER table
+            and `baselines.whisper` in wer.json. fit's periodic validation never runs it. A
+            checkpoint without decoder weights or tokenizer is skipped with one log line.
+        whisper_baseline_max_new_tokens: the baseline's generation limit per clip (null: as
+            many as Whisper's decoder allows after its 4 prompt tokens: 444 for large-v3).
     """
 
     def __init__(self, encoder: str, llm: str, downsample_factor: int = 4,
@@ -117,7 +137,8 @@ class BorealisLightningModule(L.LightningModule):
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 100,
                  min_lr_ratio: float = 0.1, system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 128,
                  report_dir: str | None = None, max_skipped_steps: int = 10, skipped_steps_window: int = 100,
-                 init_from: str | None = None, label_logits_only: bool = True) -> None:
+                 init_from: str | None = None, label_logits_only: bool = True, whisper_baseline: bool = True,
+                 whisper_baseline_max_new_tokens: int | None = None) -> None:
         super().__init__()
         self.non_finite_steps = NonFiniteSteps(max_skipped_steps, skipped_steps_window)  # validates them
         check_encoder_window(encoder_window, trim_audio_tokens)
@@ -127,14 +148,22 @@ class BorealisLightningModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks them
         self.tokenizer = AutoTokenizer.from_pretrained(llm)
         encoder_config = WhisperConfig.from_pretrained(encoder)
+        limit = encoder_config.max_target_positions - PROMPT_TOKENS
+        if whisper_baseline_max_new_tokens is not None and not 1 <= whisper_baseline_max_new_tokens <= limit:
+            raise ValueError(f"model.whisper_baseline_max_new_tokens={whisper_baseline_max_new_tokens}: must be in "
+                             f"1..{limit} for {encoder} (its decoder's {encoder_config.max_target_positions} "
+                             f"positions less {PROMPT_TOKENS} prompt tokens), or null for the most it allows")
         self.prompt_builder = PromptBuilder(
             self.tokenizer, downsample_factor=downsample_factor,
             max_source_positions=encoder_config.max_source_positions, trim_audio_tokens=trim_audio_tokens,
             system_prompt=system_prompt)
         self.model: BorealisForConditionalGeneration | None = None
-        # (benchmarks, [errors, words, samples, audio samples, wall seconds]), and the validation clocks
+        # (benchmarks, 9): the columns ERRORS ... W_SECONDS above; and the validation clocks
         self._val_sums: torch.Tensor | None = None
         self._val_started = self._val_clock = 0.0
+        self._baseline: WhisperBaseline | None = None  # a plain attribute: never in state_dict or the optimizer
+        self._baseline_loaded = False  # loading was tried (a skip is logged once)
+        self._baseline_seconds = 0.0  # this validation's baseline time, kept out of Borealis' epoch time
         self.spec_augment: SpecAugment | None = None  # set by callbacks.AugmentationScheduler
         self.mask_generator: torch.Generator | None = None  # SpecAugment's draws; saved by callbacks.RngState
         self._data_errors: torch.Tensor | None = None  # this rank's totals of batch["data_errors"]
@@ -253,23 +282,51 @@ class BorealisLightningModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         return list(getattr(dm, "val_sets", {})) or ["val"]
 
+    def _audio_rows(self, batch: dict) -> torch.Tensor:
+        """(B,) which rows carry a clip: those whose prompt holds the clip's start marker.
+        `waveforms`/`audio_lengths` (A, ...) hold exactly these rows' clips, in row order."""
+        return (batch["input_ids"] == self.prompt_builder.audio_ids[AUDIO_START]).any(1)
+
     def _audio_samples(self, batch: dict) -> torch.Tensor:
         """Audio samples in the batch's real (non-pad) rows, as a float64 scalar on the device
-        (counts, not seconds: their sums are exact, whatever the batching and rank order).
-
-        `audio_lengths` (A,) covers only the rows that carry a clip, in row order (text-only
-        rows have none); a row carries one iff its prompt holds the clip's start marker.
-        """
+        (counts, not seconds: their sums are exact, whatever the batching and rank order)."""
         lengths = batch["audio_lengths"]
         if lengths is None:
             return torch.zeros((), dtype=torch.float64, device=self.device)
-        has_audio = (batch["input_ids"] == self.prompt_builder.audio_ids[AUDIO_START]).any(1)  # (B,)
-        real = ~batch["is_pad"][has_audio]  # (A,)
+        real = ~batch["is_pad"][self._audio_rows(batch)]  # (A,)
         return lengths[real].sum().double()
 
+    def _load_baseline(self) -> None:
+        """Load the Whisper baseline once, in `borealis validate`/`test` only (see `whisper_baseline`)."""
+        if self._baseline_loaded or not self.hparams.whisper_baseline:
+            return
+        if self.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            return
+        self._baseline_loaded = True
+        hp = self.hparams
+        self._baseline = WhisperBaseline.load(hp.encoder, device=self.device, dtype=DTYPES[hp.base_dtype],
+                                              max_new_tokens=hp.whisper_baseline_max_new_tokens)
+        if self._baseline is not None:
+            rank_zero_info(f"Whisper baseline: {hp.encoder}, up to {self._baseline.max_new_tokens} new tokens per clip")
+
+    def _score_baseline(self, batch: dict) -> torch.Tensor:
+        """The baseline's [word errors, reference words, samples] over the batch's real rows with a clip."""
+        has_audio = self._audio_rows(batch)  # (B,)
+        real = ~batch["is_pad"][has_audio]  # (A,)
+        rows = [i for i, keep in enumerate((has_audio & ~batch["is_pad"]).tolist()) if keep]
+        if not rows:
+            return torch.zeros(3, dtype=torch.float64)
+        mel = self.model.features(batch["waveforms"][real], batch["audio_lengths"][real])  # (R, M, T_mel): full window
+        hyps = self._baseline.transcribe(mel, [batch["languages"][i] for i in rows])
+        errors, words = word_errors([batch["references"][i] or "" for i in rows], hyps,
+                                    [batch["languages"][i] for i in rows])
+        return torch.tensor([sum(errors), sum(words), len(rows)], dtype=torch.float64)
+
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(len(self._benchmark_names()), 5, dtype=torch.float64, device=self.device)
+        self._load_baseline()
+        self._val_sums = torch.zeros(len(self._benchmark_names()), 9, dtype=torch.float64, device=self.device)
         self._val_started = self._val_clock = time.perf_counter()
+        self._baseline_seconds = 0.0
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Score a batch; returns the real rows' {"keys", "hypotheses"} (for callbacks: tools/bench_validate.py)."""
@@ -279,9 +336,15 @@ class BorealisLightningModule(L.LightningModule):
                                     [batch["languages"][i] for i in real])
         audio = self._audio_samples(batch)
         now = time.perf_counter()  # the benchmark's wall time: since the previous step ended (the data wait included)
-        step = torch.tensor([sum(errors), sum(words), len(real), 0.0, now - self._val_clock], dtype=torch.float64,
-                            device=self.device)
-        step[3] = audio
+        step = torch.zeros(9, dtype=torch.float64, device=self.device)
+        step[:WALL + 1] = torch.tensor([sum(errors), sum(words), len(real), 0.0, now - self._val_clock])
+        step[AUDIO] = audio
+        if self._baseline is not None:  # timed apart: Borealis' wall time ends before and resumes after it
+            step[W_ERRORS:W_SECONDS] = self._score_baseline(batch)
+            seconds = time.perf_counter() - now  # its decode ends on the host: the device is done
+            step[W_SECONDS] = seconds
+            self._baseline_seconds += seconds
+            now += seconds
         self._val_sums[dataloader_idx] += step
         self._val_clock = now
         return {"keys": [batch["keys"][i] for i in real], "hypotheses": [hyps[i] for i in real]}
@@ -289,33 +352,58 @@ class BorealisLightningModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        epoch = time.perf_counter() - self._val_started
-        # One collective: every rank's sums plus a row with its epoch time. Counts add; wall times take the max.
-        mine = torch.cat([self._val_sums, self._val_sums.new_tensor([[0, 0, 0, 0, epoch]])])  # (benchmarks + 1, 5)
-        ranks = self.trainer.strategy.all_gather(mine).reshape(-1, *mine.shape)  # (world, benchmarks + 1, 5)
-        sums, walls = ranks[..., :4].sum(0).tolist(), ranks[..., 4].amax(0).tolist()
+        epoch = time.perf_counter() - self._val_started - self._baseline_seconds
+        # One collective: every rank's sums plus a row with its epoch time. Times take the max over ranks; the rest add.
+        last = self._val_sums.new_zeros(1, self._val_sums.shape[1])
+        last[0, WALL] = epoch
+        mine = torch.cat([self._val_sums, last])  # (benchmarks + 1, 9)
+        ranks = self.trainer.strategy.all_gather(mine).reshape(-1, *mine.shape)  # (world, benchmarks + 1, 9)
+        totals = ranks.sum(0)
+        totals[:, [WALL, W_SECONDS]] = ranks[..., [WALL, W_SECONDS]].amax(0)
+        totals = totals.tolist()
         per_benchmark = {}
-        for name, (errors, words, samples, audio), wall in zip(self._benchmark_names(), sums, walls):
-            wer, audio = errors / words if words else float("nan"), audio / SAMPLE_RATE
-            per_benchmark[name] = {"wer": wer, "errors": int(errors), "words": int(words), "samples": int(samples),
+        for name, row in zip(self._benchmark_names(), totals):
+            errors, words, wall = row[ERRORS], row[WORDS], row[WALL]
+            wer, audio = errors / words if words else float("nan"), row[AUDIO] / SAMPLE_RATE
+            per_benchmark[name] = {"wer": wer, "errors": int(errors), "words": int(words), "samples": int(row[SAMPLES]),
                                    "audio_seconds": audio, "seconds": wall, "rtfx": rtfx(audio, wall)}
             self.log(f"val/wer/{name}", wer, rank_zero_only=True, add_dataloader_idx=False)
             self.log(f"val/rtfx/{name}", per_benchmark[name]["rtfx"], rank_zero_only=True, add_dataloader_idx=False)
         audio = sum(v["audio_seconds"] for v in per_benchmark.values())
-        overall = {"audio_seconds": audio, "seconds": walls[-1], "rtfx": rtfx(audio, walls[-1])}
+        overall = {"audio_seconds": audio, "seconds": totals[-1][WALL], "rtfx": rtfx(audio, totals[-1][WALL])}
         avg = average_wer({k: v["wer"] for k, v in per_benchmark.items()})
         self.log("val/wer_avg", avg, prog_bar=True, rank_zero_only=True, add_dataloader_idx=False)
         self.log("val/rtfx", overall["rtfx"], rank_zero_only=True, add_dataloader_idx=False)
+        baseline = self._baseline_report(totals[:-1], per_benchmark) if self._baseline is not None else None
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         label = Path(self.trainer.ckpt_path).name if self.trainer.ckpt_path else f"step-{self.global_step}"
         folder = report_dir(self.trainer, self.hparams.report_dir)
-        report = write_report(folder / "wer.json", label, per_benchmark, overall)
-        table = wer_table({label: {**{k: v["wer"] for k, v in per_benchmark.items()}, "avg": report["avg"]}})
+        report = write_report(folder / "wer.json", label, per_benchmark, overall,
+                              baselines={"whisper": baseline} if baseline else None)
+        rows = {label: {**{k: v["wer"] for k, v in per_benchmark.items()}, "avg": report["avg"]}}
+        if baseline:
+            rows[f"Whisper {baseline['model']}"] = {**{k: v["wer"] for k, v in baseline["benchmarks"].items()},
+                                                    "avg": baseline["avg"]}
         speed = ", ".join(f"{k} {v['rtfx']:.1f}" for k, v in per_benchmark.items())
-        rank_zero_info(f"\nWER (%) per benchmark\n{table}\nRTFx (audio seconds / wall seconds): {speed}; overall "
-                       f"{overall['rtfx']:.1f} ({audio:.1f} s of audio in {overall['seconds']:.1f} s)\n"
+        rank_zero_info(f"\nWER (%) per benchmark\n{wer_table(rows)}\nRTFx (audio seconds / wall seconds): {speed}; "
+                       f"overall {overall['rtfx']:.1f} ({audio:.1f} s of audio in {overall['seconds']:.1f} s)\n"
                        f"written to {folder / 'wer.json'}")
+
+    def _baseline_report(self, totals: list[list[float]], per_benchmark: dict) -> dict:
+        """The Whisper baseline's wer.json entry from the gathered sums (rows: benchmarks), logged as
+        `val/whisper_wer/<name>` and `val/whisper_wer_avg`. Its `seconds` are its own generation
+        time (log-mel included, data waits not), the slowest rank's."""
+        benchmarks = {}
+        for (name, ours), row in zip(per_benchmark.items(), totals):
+            errors, words, seconds = row[W_ERRORS], row[W_WORDS], row[W_SECONDS]
+            wer = errors / words if words else float("nan")
+            benchmarks[name] = {"wer": wer, "errors": int(errors), "words": int(words), "samples": int(row[W_SAMPLES]),
+                                "seconds": seconds, "rtfx": rtfx(ours["audio_seconds"], seconds)}
+            self.log(f"val/whisper_wer/{name}", wer, rank_zero_only=True, add_dataloader_idx=False)
+        avg = average_wer({k: v["wer"] for k, v in benchmarks.items()})
+        self.log("val/whisper_wer_avg", avg, rank_zero_only=True, add_dataloader_idx=False)
+        return {"model": self.hparams.encoder, "benchmarks": benchmarks, "avg": avg}
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)

@@ -36,3 +36,18 @@ def test_report_carries_the_speed(tmp_path):
     saved = json.loads((tmp_path / "wer.json").read_text())
     assert saved == report and saved["benchmarks"]["demo_en"]["rtfx"] == 6.0 and saved["rtfx"] == 5.0
     assert math.isnan(rtfx(3.0, 0.0))
+
+
+def test_report_and_table_carry_a_baseline_row(tmp_path):
+    per = {"demo_en": {"wer": 0.1, "errors": 1, "words": 10, "samples": 2}}
+    whisper = {"model": "openai/whisper-large-v3", "avg": 0.3,
+               "benchmarks": {"demo_en": {"wer": 0.3, "errors": 3, "words": 10, "samples": 2, "seconds": 1.0,
+                                          "rtfx": 3.0}}}
+    report = write_report(tmp_path / "wer.json", "last.ckpt", per, baselines={"whisper": whisper})
+    saved = json.loads((tmp_path / "wer.json").read_text())
+    assert saved == report and saved["baselines"]["whisper"] == whisper
+    plain = write_report(tmp_path / "plain.json", "last.ckpt", per)
+    assert {k: v for k, v in saved.items() if k != "baselines"} == plain  # the other keys as without a baseline
+    table = wer_table({"last.ckpt": {"demo_en": 0.1, "avg": 0.1},
+                       "Whisper openai/whisper-large-v3": {"demo_en": 0.3, "avg": 0.3}})
+    assert [line.split(" | ")[-1].strip() for line in table.splitlines()[2:]] == ["10.00", "30.00"]

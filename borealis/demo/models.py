@@ -3,8 +3,9 @@
 What: `whisper_config` / `qwen3_config` give the configs of the demo's base models and, with
 smaller sizes, of the tests' (tests/conftest.py); `train_tokenizer` trains a Qwen-style
 tokenizer with ChatML special tokens; `build_tiny_whisper` / `build_tiny_qwen3` seed torch,
-build a random model and save it (with its feature extractor or tokenizer) where
-`from_pretrained` loads it, as it loads a hub checkpoint.
+build a random model and save it (Whisper with its feature extractor, a tiny Whisper tokenizer and
+generation config: `whisper_tokenizer`; Qwen3 with its tokenizer) where `from_pretrained` loads it,
+as it loads a hub checkpoint.
 
 Why: the CPU demo and the tests need real `WhisperModel` and `Qwen3ForCausalLM` parts,
 loaded through the same code as the flagship's hub ids, without a download or a hub token.
@@ -80,7 +81,7 @@ def whisper_config(size: WhisperSize = WhisperSize(), *, decoder_ffn: int | None
         num_mel_bins=size.mel_bins, d_model=size.dim, encoder_layers=size.layers,
         encoder_attention_heads=size.heads, encoder_ffn_dim=size.ffn,
         max_source_positions=size.max_source_positions,
-        decoder_layers=1, decoder_attention_heads=size.heads,  # the decoder is unused by Borealis
+        decoder_layers=1, decoder_attention_heads=size.heads,  # the decoder serves the baseline row only
         decoder_ffn_dim=size.dim if decoder_ffn is None else decoder_ffn,
         vocab_size=64, max_target_positions=16,  # the decoder's vocabulary and length: minimal
         pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
@@ -146,13 +147,59 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, *, qwen3: bool
     return hf
 
 
+WHISPER_LANGUAGES = ("en", "ru")  # the demo's languages: one <|xx|> token each
+
+
+def whisper_tokenizer(vocab_size: int = 64):
+    """A Whisper tokenizer for `whisper_config`'s `vocab_size`-token decoder, laid out as Whisper's.
+
+    Text tokens first, then the special tokens with `<|notimestamps|>` last: Whisper's
+    `generate` reads every id above it as a timestamp. Ids 0-2 are the config's pad
+    (`<|pad|>`), decoder start (`<|startoftranscript|>`) and eos (`<|endoftext|>`); the text
+    tokens are byte-level characters (space, a-z, 0-9, then space-prefixed letters), enough to
+    decode whatever a random decoder emits.
+    """
+    import string
+
+    from transformers import WhisperTokenizer
+
+    head = ["<|pad|>", "<|startoftranscript|>", "<|endoftext|>"]
+    tail = [*(f"<|{code}|>" for code in WHISPER_LANGUAGES), "<|translate|>", "<|transcribe|>", "<|notimestamps|>"]
+    chars = ["\u0120", *string.ascii_lowercase, *string.digits]  # \u0120 (Ġ): byte-level space
+    words = ["\u0120" + c for c in string.ascii_lowercase]
+    text = (chars + words)[: vocab_size - len(head) - len(tail)]
+    vocab = {token: i for i, token in enumerate(head + text + tail)}
+    merges = [("\u0120", t[1:]) for t in text if len(t) == 2]
+    return WhisperTokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>", pad_token="<|pad|>", extra_special_tokens=[head[1], *tail])
+
+
+def whisper_generation_config(tokenizer):
+    """Whisper's generation settings for `tokenizer` (`whisper_tokenizer`): language and task
+    tokens, and the special tokens suppressed in the transcript, as a hub checkpoint has them."""
+    from transformers import GenerationConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    langs = {f"<|{code}|>": ids(f"<|{code}|>") for code in WHISPER_LANGUAGES}
+    tasks = {"translate": ids("<|translate|>"), "transcribe": ids("<|transcribe|>")}
+    return GenerationConfig(
+        decoder_start_token_id=ids("<|startoftranscript|>"), eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, is_multilingual=True,
+        lang_to_id=langs, task_to_id=tasks, no_timestamps_token_id=ids("<|notimestamps|>"),
+        suppress_tokens=[tokenizer.pad_token_id, ids("<|startoftranscript|>"), *langs.values(), *tasks.values(),
+                         ids("<|notimestamps|>")],
+        begin_suppress_tokens=[tokenizer.eos_token_id])  # as Whisper: no empty transcript
+
+
 def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def build_tiny_whisper(out_dir: Path, size: WhisperSize = WhisperSize(), *, seed: int = 0) -> dict[str, int]:
-    """Save a random Whisper (`WhisperModel`, `whisper_config(size)`) and its
-    `WhisperFeatureExtractor` to `out_dir`, the weights drawn after `torch.manual_seed(seed)`.
+    """Save a random Whisper (`WhisperModel`, `whisper_config(size)`), its
+    `WhisperFeatureExtractor`, tokenizer and generation config (`whisper_tokenizer`,
+    `whisper_generation_config`: the baseline row of `borealis validate` decodes with them) to
+    `out_dir`, the weights drawn after `torch.manual_seed(seed)`.
 
     `size.max_source_positions` positions cover twice as many mel frames (10 ms each): 150 ->
     3 s, the window every demo clip fits in (the longest is ~2.7 s; a tighter window wastes
@@ -180,6 +227,9 @@ def build_tiny_whisper(out_dir: Path, size: WhisperSize = WhisperSize(), *, seed
     model = WhisperModel(whisper_config(size))
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
+    tokenizer = whisper_tokenizer(model.config.vocab_size)  # for the Whisper baseline row (random decoder)
+    tokenizer.save_pretrained(out_dir)
+    whisper_generation_config(tokenizer).save_pretrained(out_dir)
     WhisperFeatureExtractor(feature_size=size.mel_bins, sampling_rate=16_000, hop_length=160, n_fft=400,
                             chunk_length=chunk_seconds).save_pretrained(out_dir)
     return {"encoder": _params(model.encoder), "total": _params(model)}
