@@ -4,6 +4,7 @@ What:
     borealis shards build manifest --input train.jsonl --output shards/my_asr --source my_corpus
     borealis shards build librispeech --input LibriSpeech/train-clean-100 --output shards/ls100 --workers 8
     borealis shards inspect shards/ --verify        # sha256 + decode every sample; exit 1 on problems
+    borealis shards inspect shards/train --overlap --benchmarks shards/bench   # train/benchmark duplicates
 `borealis shards build --help` and `borealis shards inspect --help` describe every format and option.
 
 Why: the build pipeline (`borealis.ingest`, `borealis.corpora`) and the pool verifier
@@ -32,6 +33,7 @@ from borealis.corpora import (AUDIO_SUFFIXES, commonvoice_items, folder_items, h
                               librispeech_items, list_audio_files)
 from borealis.ingest import CLIP_KINDS, build_pool, summary_line
 from borealis.shards.format import REPORT_NAME, SAMPLE_RATE, ShardError, list_shards, read_index
+from borealis.shards.overlap import OverlapReport, find_overlaps
 from borealis.shards.reader import SampleRef, index_samples, read_sample
 from borealis.shards.verify import DURATION_BINS, find_pools, inspect_pool, totals
 
@@ -84,6 +86,7 @@ Look inside shard pools: what they hold, whether every byte and sample is intact
     borealis shards inspect demo/shards/train/asr_en 'shards/bench/*' --json stats.json
     borealis shards inspect shards/ --verify                  # sha256 + decode every sample; exit 1 on problems
     borealis shards inspect shards/bench --play KEY [--out KEY.wav]
+    borealis shards inspect shards/train --overlap --benchmarks 'shards/bench/*'   # exit 1 on train/benchmark overlap
 
 Each PATH is a pool folder, a glob, or a folder searched recursively for pools (folders
 holding `index.json` or `shard-*.tar`). A pool's block gives its shards, samples, hours and
@@ -93,8 +96,14 @@ task counts (from `index.json`), the language mix ("none" where a sample has no
 FILE` writes the same figures. `--verify` runs the pool verifier (`borealis.shards.verify`):
 sizes and sha256 against `index.json`, every sample decoded, counts, tasks and durations per
 shard and per pool, keys unique within a pool. `--play` writes one sample's audio as 16 kHz
-WAV. Exit code: 0 clean; 1 any problem (the listing too reports unreadable shards or index
-files); 2 bad arguments, or `--play` with an unknown key or a text-only sample.
+WAV. `--overlap` compares the pools by audio fingerprint and normalised transcript
+(`borealis.shards.overlap`: resampled and MP3 copies match) and lists every duplicate
+between two pools and inside each; the pools named by `--benchmarks` are benchmarks, the
+others training pools. The first run per pool decodes it and caches the fingerprints in
+`fingerprints.npz` beside its shards. Exit code: 0 clean; 1 any problem (the listing too
+reports unreadable shards or index files) or, with `--overlap`, a training pool and a
+benchmark that share a sample; 2 bad arguments, or `--play` with an unknown key or a
+text-only sample.
 """
 
 
@@ -358,9 +367,11 @@ def format_block(s: dict) -> list[str]:
     return lines
 
 
-def _write_json(path: Path, stats: Sequence[dict], total: dict) -> None:
+def _write_json(path: Path, stats: Sequence[dict], total: dict, overlap: OverlapReport | None = None) -> None:
     pools = [{**s, "problems": [asdict(p) for p in s["problems"]]} for s in stats]
     doc = {"duration_bins": list(DURATION_BINS), "pools": pools, "totals": total}
+    if overlap is not None:
+        doc["overlap"] = overlap.to_json()
     path.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
@@ -423,7 +434,22 @@ def _add_inspect_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--play", default=None, metavar="KEY", help="write sample KEY's audio as a 16 kHz WAV")
     parser.add_argument("--out", type=Path, default=None, metavar="PATH",
                         help="where --play writes (default: KEY.wav in the current folder)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="compare the pools by audio fingerprint and normalised transcript; exit 1 when a "
+                             "training pool and a benchmark share a sample")
+    parser.add_argument("--benchmarks", nargs="+", default=[], metavar="PATH",
+                        help="with --overlap: the benchmark pools (folders, globs); the PATHs are training pools")
+    parser.add_argument("--workers", type=_positive, default=1,
+                        help="with --overlap: processes that fingerprint pools not fingerprinted before")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overlap(pools: Sequence[Path], benchmarks: Sequence[Path], progress: bool, workers: int) -> OverlapReport:
+    """Compare `pools` (training) and `benchmarks`, print the report, return it."""
+    names = {str(p): p for p in pools if p not in benchmarks} | {str(p): p for p in benchmarks}
+    report = find_overlaps(names, benchmarks=[str(p) for p in benchmarks], progress=progress, workers=workers)
+    print("\n".join(report.lines()))
+    return report
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -432,15 +458,19 @@ def _inspect(args: argparse.Namespace) -> int:
     parser = args.parser
     if args.out is not None and args.play is None:
         parser.error("--out needs --play KEY")
-    if args.play is not None and (args.verify or args.json is not None):
-        parser.error("--play writes one sample; use --verify / --json in a separate run")
+    if args.play is not None and (args.verify or args.json is not None or args.overlap):
+        parser.error("--play writes one sample; use --verify / --json / --overlap in a separate run")
+    if (args.benchmarks or args.workers > 1) and not args.overlap:
+        parser.error("--benchmarks and --workers need --overlap")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pools: list[Path] = []
-    for spec in args.paths:
+    benchmarks: list[Path] = []
+    for spec, into in [(x, pools) for x in args.paths] + [(x, benchmarks) for x in args.benchmarks]:
         try:
-            pools += [p for p in find_pools(spec) if p not in pools]
+            into += [p for p in find_pools(spec) if p not in into]
         except FileNotFoundError as e:
             parser.error(str(e))
+    pools += [p for p in benchmarks if p not in pools]
     if args.play is not None:
         return play(pools, args.play, args.out or Path(f"{args.play}.wav"))
 
@@ -464,9 +494,10 @@ def _inspect(args: argparse.Namespace) -> int:
         bad = sum(bool(s["problems"]) for s in stats)
         print(f"{'verify' if args.verify else 'list'}: {total['problems']} problem(s) in {bad} of {len(stats)} pool(s)"
               if total["problems"] else f"verify: all {len(stats)} pool(s) OK")
+    report = _overlap(pools, benchmarks, not args.no_progress, args.workers) if args.overlap else None
     if args.json is not None:
-        _write_json(args.json, stats, total)
-    return 1 if total["problems"] else 0
+        _write_json(args.json, stats, total, report)
+    return 1 if total["problems"] or (report is not None and report.conflicts()) else 0
 
 
 # ----------------------------------------------------------------------------- borealis shards
