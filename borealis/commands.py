@@ -4,6 +4,7 @@
     borealis shards build|inspect ...        build and check shard pools (`borealis.shards.cli`)
     borealis export ...                      a Hugging Face directory from a `borealis fit` checkpoint
     borealis demo ...                        the demo corpus and tiny pretrained bases (`borealis.demo`)
+    borealis ablate run|report ...           the seed's grid of overlays, one table + heatmap (`borealis.ablate`)
 
 Why: the first word picks the command before LightningCLI sees the arguments, and each
 command imports what it needs only when it runs, so `borealis shards --help` answers in a
@@ -21,7 +22,7 @@ from pathlib import Path
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = """\
-usage: borealis {fit,validate,test,predict,shards,export,demo} ...
+usage: borealis {fit,validate,test,predict,shards,export,demo,ablate} ...
 
 Train audio-language models and prepare their data.
 
@@ -33,6 +34,7 @@ commands:
   shards      build shard pools from corpora (`shards build`), list and verify them (`shards inspect`)
   export      write a Hugging Face model directory from a checkpoint
   demo        build the demo corpus and the tiny pretrained bases it trains on
+  ablate      run the grid of overlays (fit + validate each), then one WER table + heatmap beside the seed's
 
 `borealis COMMAND --help` describes a command's options.
 """
@@ -119,7 +121,13 @@ def _shards(argv: Sequence[str]) -> int:
     return shards_main(argv)
 
 
-COMMANDS = {"shards": _shards, "export": export_main, "demo": _demo}
+def _ablate(argv: Sequence[str]) -> int:
+    from borealis.ablate import main as ablate_main  # runs fit/validate as subprocesses
+
+    return ablate_main(argv)
+
+
+COMMANDS = {"shards": _shards, "export": export_main, "demo": _demo, "ablate": _ablate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

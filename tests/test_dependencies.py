@@ -185,13 +185,24 @@ def _tqdm():
     assert sum(tqdm(range(4), disable=True)) == 6
 
 
+def _matplotlib(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    FigureCanvasAgg(fig)
+    fig.subplots().imshow(np.eye(3))
+    fig.savefig(tmp_path / "x.png")
+    assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 EXERCISES = {
     "torch": _torch, "torchaudio": _torchaudio, "lightning": _lightning,
     "lightning-utilities": _lightning_utilities, "transformers": _transformers, "peft": _peft,
     "audiomentations": _audiomentations, "webdataset": _webdataset, "jiwer": _jiwer,
     "tensorboard": _tensorboard, "jsonargparse": _jsonargparse, "soundfile": _soundfile, "soxr": _soxr,
     "scipy": _scipy, "numpy": _numpy, "pyyaml": _pyyaml, "safetensors": _safetensors,
-    "huggingface-hub": _huggingface_hub, "tokenizers": _tokenizers, "tqdm": _tqdm,
+    "huggingface-hub": _huggingface_hub, "tokenizers": _tokenizers, "tqdm": _tqdm, "matplotlib": _matplotlib,
 }
 
 
