@@ -28,11 +28,13 @@ run: for each overlay (a folder's *.yaml, by name, or files), one after another:
     borealis validate --config BASE --config OVERLAY [EXTRA] --ckpt_path <the checkpoint fit wrote>
   A run writes under the overlay's trainer.default_root_dir (else ROOT/<overlay name>), its
   checkpoints to checkpoint.dirpath (else <run>/checkpoints) and wer.json to model.report_dir
-  (else <run>/report); fit and validate get these folders on the command line. Two runs that
-  would share a folder are refused before anything starts. A failed run is logged and the next
-  one starts; then the report is written (--out). Output of each fit and validate is shown and
-  kept in <run>/ablate-fit.log and <run>/ablate-validate.log. Arguments after `--` go to both
-  fit and validate.
+  (else <run>/report); fit and validate get these folders on the command line. Runs that would
+  share a folder, or keep a top-k checkpoint callback's fixed dirpath from the base (the base
+  run's folder), are refused before anything starts. A failed run is logged and the next one
+  starts; then the report is written (--out, default ROOT/ablation). Output of each fit and
+  validate is shown and kept in <run>/ablate-fit.log and <run>/ablate-validate.log (under srun,
+  ranks other than 0 write ablate-<stage>.rank<N>.log). Arguments after `--` go to both fit
+  and validate.
 
   For a SLURM array, print one command per overlay, submit one task per line, and collect the
   table once every task has finished:
