@@ -98,7 +98,7 @@ def pools(tmp_path_factory):
 
 
 def _pairs(finding) -> set[tuple[str, str]]:
-    return {(a, b) for a, b, _ in finding.examples}
+    return {(a, b) for a, b, _ in finding.listed}
 
 
 def test_planted_duplicates_are_found(pools):
@@ -182,6 +182,8 @@ def test_inspect_overlap_exits_1_on_planted_case(pools, tmp_path, capsys):
     assert "CONFLICT audio" in text and "bench-mp3a" in text and "train-4 ~ bench-text" in text
     doc = json.loads(out.read_text())["overlap"]
     assert sum(f["conflict"] for f in doc["findings"]) == 2
+    listed = {tuple(pair[:2]) for f in doc["findings"] if f["conflict"] for pair in f["listed"]}
+    assert listed == {("train-3", "bench-mp3a"), ("train-5", "bench-mp3b"), ("train-4", "bench-text")}
     assert doc["pools"][pools["bench"]]["role"] == "benchmark"
     assert shards_main(["inspect", pools["train2"], "--overlap", "--benchmarks", pools["bench2"],
                         "--no-progress"]) == 0

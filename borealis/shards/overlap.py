@@ -82,7 +82,8 @@ _PLANES = np.random.default_rng(20).standard_normal((SEGMENTS * BROAD, TABLES * 
 VERSION = 1  # of the fingerprint; a sidecar of another version is recomputed
 FLOOR = 1e-2  # energy floor, relative to the clip's mean band energy
 SIDECAR = "fingerprints.npz"
-EXAMPLES = 5  # example key pairs kept per finding
+EXAMPLES = 3  # key pairs a finding's text line shows
+LISTED = 10_000  # key pairs a finding keeps (the JSON report lists them)
 
 
 # ----------------------------------------------------------------------------- one clip
@@ -402,7 +403,9 @@ class Finding:
         pairs: the number of duplicate sample pairs.
         samples_a, samples_b: how many samples of each pool have a duplicate in the other
             (inside one pool: samples with a duplicate, in both).
-        examples: up to EXAMPLES (key in a, key in b, agreement or None for text).
+        listed: (key in a, key in b, bit agreement, or None for text), up to LISTED: every
+            audio pair; for text, every sample of b with one partner in a (inside a pool,
+            every repeat with the first sample of its group).
     """
 
     kind: str
@@ -411,10 +414,10 @@ class Finding:
     pairs: int
     samples_a: int
     samples_b: int
-    examples: list[tuple[str, str, float | None]] = field(default_factory=list)
+    listed: list[tuple[str, str, float | None]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        eg = ", ".join(f"{a} ~ {b}" + (f" ({s:.2f})" if s is not None else "") for a, b, s in self.examples[:3])
+        eg = ", ".join(f"{a} ~ {b}" + (f" ({s:.2f})" if s is not None else "") for a, b, s in self.listed[:EXAMPLES])
         where = f"inside {self.pool_a!r}" if self.pool_a == self.pool_b else f"{self.pool_a!r} / {self.pool_b!r}"
         return (f"{self.kind:5} {where}: {self.pairs} pair(s); {self.samples_a} / {self.samples_b} sample(s); "
                 f"e.g. {eg}")
@@ -453,7 +456,7 @@ class OverlapReport:
 
     def to_json(self) -> dict:
         return {"threshold": self.threshold, "pools": self.pools,
-                "findings": [{**f.__dict__, "examples": [list(e) for e in f.examples],
+                "findings": [{**f.__dict__, "listed": [list(e) for e in f.listed],
                               "conflict": f in self.conflicts()} for f in self.findings]}
 
 
@@ -469,29 +472,28 @@ def _audio_findings(prints: Prints, pool: np.ndarray, names: Sequence[str], thre
         sel = np.flatnonzero(group == g)
         a, b = pairs[sel, 0], pairs[sel, 1]
         pa, pb = divmod(int(g), len(names))
-        both = np.unique(np.concatenate([a, b])) if pa == pb else None
-        out.append(Finding("audio", names[pa], names[pb], len(sel),
-                           len(both) if both is not None else len(np.unique(a)),
-                           len(both) if both is not None else len(np.unique(b)),
-                           [(str(prints.keys[i]), str(prints.keys[j]), round(float(s), 3))
-                            for i, j, s in zip(a[:EXAMPLES], b[:EXAMPLES], score[sel][:EXAMPLES])]))
+        both = len(np.unique(np.concatenate([a, b]))) if pa == pb else None
+        out.append(_listed(Finding("audio", names[pa], names[pb], len(sel), both or len(np.unique(a)),
+                                   both or len(np.unique(b))), prints, a, b, score[sel]))
     return out
 
 
 def _text_findings(prints: Prints, pool: np.ndarray, names: Sequence[str], roles: Sequence[str] | None) -> list[Finding]:
     """Same normalised transcript, per pool pair (a loop over pools, not samples); with
-    `roles`, only between pools of different roles."""
+    `roles`, only between pools of different roles. Listed: each sample of the second pool
+    with the first sample of the first pool that has its transcript (inside a pool: each
+    repeat with the first sample of its group)."""
     out = []
     per_pool = [np.flatnonzero((pool == p) & (prints.text != 0)) for p in range(len(names))]
     for pa in range(len(names)):
         ha = prints.text[per_pool[pa]]
-        ua, ca = np.unique(ha, return_counts=True)
-        repeated = ua[ca > 1]  # inside the pool
-        if repeated.size and roles is None:
+        ua, first, inverse, ca = np.unique(ha, return_index=True, return_inverse=True, return_counts=True)
+        repeat = np.flatnonzero(ca[inverse] > 1)  # inside the pool
+        if repeat.size and roles is None:
             c = ca[ca > 1].astype(np.int64)
-            eg = [tuple(prints.keys[per_pool[pa][ha == h][:2]]) for h in repeated[:EXAMPLES]]
-            out.append(Finding("text", names[pa], names[pa], int((c * (c - 1) // 2).sum()), int(c.sum()),
-                               int(c.sum()), [(str(x), str(y), None) for x, y in eg]))
+            later = repeat[first[inverse[repeat]] != repeat]
+            out.append(_listed(Finding("text", names[pa], names[pa], int((c * (c - 1) // 2).sum()), int(c.sum()),
+                                       int(c.sum())), prints, per_pool[pa][first[inverse[later]]], per_pool[pa][later]))
         for pb in range(pa + 1, len(names)):
             if roles is not None and roles[pa] == roles[pb]:
                 continue
@@ -500,11 +502,19 @@ def _text_findings(prints: Prints, pool: np.ndarray, names: Sequence[str], roles
             common, ia, ib = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
             if not common.size:
                 continue
-            eg = [(str(prints.keys[per_pool[pa][ha == h][0]]), str(prints.keys[per_pool[pb][hb == h][0]]), None)
-                  for h in common[:EXAMPLES]]
-            out.append(Finding("text", names[pa], names[pb], int((ca[ia].astype(np.int64) * cb[ib]).sum()),
-                               int(ca[ia].sum()), int(cb[ib].sum()), eg))
+            in_b = np.flatnonzero(np.isin(hb, common))
+            partner = per_pool[pa][first[np.searchsorted(ua, hb[in_b])]]
+            out.append(_listed(Finding("text", names[pa], names[pb], int((ca[ia].astype(np.int64) * cb[ib]).sum()),
+                                       int(ca[ia].sum()), int(cb[ib].sum())), prints, partner, per_pool[pb][in_b]))
     return out
+
+
+def _listed(finding: Finding, prints: Prints, a: np.ndarray, b: np.ndarray, score: np.ndarray | None = None) -> Finding:
+    """`finding` with its first LISTED key pairs (a[i], b[i], score[i] or None)."""
+    a, b = a[:LISTED], b[:LISTED]
+    scores = [None] * len(a) if score is None else [round(float(x), 3) for x in score[:LISTED]]
+    finding.listed = [(str(prints.keys[i]), str(prints.keys[j]), x) for i, j, x in zip(a, b, scores)]
+    return finding
 
 
 def find_overlaps(pools: Mapping[str, str | Path], *, benchmarks: Sequence[str] = (), within: bool = True,
