@@ -62,6 +62,10 @@ per 30 s clip in Borealis' ChatML prompt, and `input_features` from the director
 apply. Only models trained with `trim_audio_tokens: false` and the simple adapter map onto
 Voxtral; for others the export stops and says what differs.
 
+Both formats get a model card, OUT/README.md: what the model is, the pinned `pip install` line,
+a snippet that runs as printed (audio read with soundfile, resampled with torchaudio) and, with
+`--wer runs/<run>/wer.json` (written by `borealis validate` on the same checkpoint), the WER table.
+
 `--config` is the YAML used for training (its `model:` section; repeat it for stacked configs,
 `--config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml`); without it the
 checkpoint's stored hyper-parameters are used. The base models it names must be reachable
@@ -89,6 +93,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="weights dtype on disk (default: the run's base_dtype)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument("--wer", type=Path, default=None,
+                        help="wer.json written by `borealis validate` on this checkpoint: its WER table goes into "
+                             "the model card (OUT/README.md)")
     return parser
 
 
@@ -101,7 +108,7 @@ def export_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         out = export(args.ckpt, args.out, config=args.config, format=args.format, keep_adapter=args.keep_adapter,
-                     dtype=args.dtype, max_shard_size=args.max_shard_size)
+                     dtype=args.dtype, max_shard_size=args.max_shard_size, wer=args.wer)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 2

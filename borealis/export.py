@@ -16,6 +16,9 @@ loads, in one of two formats:
   maps onto it weight for weight when it was trained with `trim_audio_tokens: false` and the
   simple adapter; anything else is refused with the reason (`voxtral_problems`).
 
+Both formats get a model card, `README.md` (`model_card.py`): what the model is, the WER table of
+a `borealis validate` report (`wer=`), the pinned `pip install` line and a snippet that runs as printed.
+
 Why: the checkpoint alone needs this package, the base models it names and the YAML it
 was trained with; an export is self-contained and is what gets published and served.
 
@@ -38,6 +41,7 @@ import torch
 from transformers import AutoTokenizer, WhisperFeatureExtractor
 
 from borealis.features import HOP_LENGTH, N_FFT, SAMPLE_RATE
+from borealis.model_card import model_card, parameter_counts, read_wer, write_card
 from borealis.modeling import DTYPES, BorealisForConditionalGeneration, LoraSettings, check_trainable_state
 from borealis.settings import merged_section, plain
 
@@ -333,8 +337,8 @@ def export_voxtral(model: BorealisForConditionalGeneration, out: Path, *, dtype:
 
 def export(ckpt: str | Path, out: str | Path, *, config: str | Path | list[str | Path] | None = None,
            format: Literal["hf", "voxtral"] = "hf", keep_adapter: bool = False, dtype: str | None = None,
-           max_shard_size: int | str = "5GB") -> Path:
-    """Export a Lightning checkpoint to `out` (which must not exist or be empty).
+           max_shard_size: int | str = "5GB", wer: str | Path | None = None) -> Path:
+    """Export a Lightning checkpoint to `out` (which must not exist or be empty), with its model card.
 
     Args:
         ckpt: the `.ckpt` written by `borealis fit` (trainable weights + hyper_parameters).
@@ -345,12 +349,18 @@ def export(ckpt: str | Path, out: str | Path, *, config: str | Path | list[str |
         keep_adapter: `hf` only: write LoRA as a peft adapter in `lora/` instead of merging it.
         dtype: weights dtype on disk (float32 / bfloat16 / float16); None = the run's `base_dtype`.
         max_shard_size: safetensors shard limit, e.g. "5GB".
+        wer: the `wer.json` of `borealis validate` on this checkpoint; its table goes into the card
+            (`README.md`, see `model_card.py`).
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
     if keep_adapter and format != "hf":
         raise ValueError("--keep-adapter is for --format hf; Voxtral has no LoRA adapter, so LoRA is merged")
+    report = None if wer is None else read_wer(wer)  # before any weights load
     checkpoint = load_checkpoint(ckpt)
+    if report is not None and report.get("checkpoint") != Path(ckpt).name:
+        log.warning("%s scored checkpoint %r, not %s; the card names the one it scored", wer,
+                    report.get("checkpoint"), Path(ckpt).name)
     settings = model_settings(checkpoint, config)
     dtype = dtype or settings.get("base_dtype", "float32")
     if dtype not in DTYPES:
@@ -358,13 +368,16 @@ def export(ckpt: str | Path, out: str | Path, *, config: str | Path | list[str |
     model = build_model(settings, checkpoint)
     if format == "voxtral":
         _refuse_voxtral(model)  # before anything is written
-    out = _prepare_out(out)
+    counts = parameter_counts(model)  # before LoRA is merged
+    ref, out = out, _prepare_out(out)
     with torch.no_grad():
         if format == "hf":
             export_hf(model, out, keep_adapter=keep_adapter, dtype=DTYPES[dtype], max_shard_size=max_shard_size,
                       system_prompt=settings.get("system_prompt"))
         else:
             export_voxtral(model, out, dtype=DTYPES[dtype], max_shard_size=max_shard_size)
+    write_card(out, model_card(model, settings, out=ref, format=format, keep_adapter=keep_adapter, dtype=dtype,
+                               source=Path(ckpt).name, wer=report, counts=counts))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log.info("exported %s as %s (%s%s) to %s: %.1f MB", Path(ckpt).name, format, dtype,
              ", LoRA kept as an adapter" if keep_adapter else "", out, size / 1e6)

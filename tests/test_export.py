@@ -5,7 +5,10 @@ checkpoint the way `module.py` does it (trainable weights + hyper_parameters), t
 * `hf` merged and `--keep-adapter`: the client snippet, run in a subprocess where `import
   borealis` fails, gives the same greedy ids as the in-repo model `borealis predict` uses;
 * `voxtral`: stock `VoxtralForConditionalGeneration` gives the same logits (< 1e-4) and the same
-  greedy ids, and what Voxtral cannot express is refused with the reason.
+  greedy ids, and what Voxtral cannot express is refused with the reason;
+* the model card (`README.md` of every export): its `pip install` line pins the versions installed
+  here, and its snippet runs as printed where only those packages and their requirements can be
+  imported, giving the in-repo model's text; `--wer` puts a `borealis validate` report's table in it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from borealis.testing import build_tokenizer, run_cli, tiny_qwen3_config, tiny_w
 SR = 16000
 PROMPT = "What is this audio about? <|start_of_audio|><|end_of_audio|>"
 SYSTEM = "You are a helpful voice assistant."
+ASR_PROMPT = "Transcribe the audio. <|start_of_audio|><|end_of_audio|>"  # the model card snippet's
 MAX_NEW = 12
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)  # as LightningCLI builds it from the YAML
 
@@ -107,10 +111,23 @@ def hf_exports(tmp_path_factory, trained, parts):
         data: {{}}
         """))
     (root / "ablation.yaml").write_text("model:\n  lora: {alpha: 8, dropout: 0.0}\n")  # merged into base's lora
+    _tiny_wer(root / "wer.json")
     assert export_main(["--ckpt", str(ckpt), "--config", str(root / "base.yaml"), "--config",
-                                     str(root / "ablation.yaml"), "--out", str(root / "merged")]) == 0
+                        str(root / "ablation.yaml"), "--out", str(root / "merged"),
+                        "--wer", str(root / "wer.json")]) == 0
     export(ckpt, root / "kept", keep_adapter=True, max_shard_size="100KB")
     return root / "merged", root / "kept"
+
+
+def _tiny_wer(path: Path) -> dict:
+    """A `borealis validate` report (metrics.write_report) of two benchmarks, with the Whisper row."""
+    from borealis.metrics import write_report
+
+    ours = {"golos_crowd": {"wer": 0.1234, "errors": 5, "words": 40, "samples": 4},
+            "librispeech_clean": {"wer": 0.05, "errors": 2, "words": 40, "samples": 3}}
+    whisper = {"model": "openai/whisper-large-v3", "avg": 0.2,
+               "benchmarks": {"golos_crowd": {"wer": 0.25}, "librispeech_clean": {"wer": 0.15}}}
+    return write_report(path, "last.ckpt", ours, baselines={"whisper": whisper})
 
 
 # The client snippet (README "Export and inference"), in a process where borealis cannot be imported.
@@ -388,3 +405,142 @@ def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_p
     assert [r["file"] for r in rows] == files
     assert [r["prediction"] for r in rows] == [model.decode(w).strip() for w in want]
     assert all(len(r["windows"]) == 1 for r in rows)
+
+
+# ---------------------------------------------------------------------- the model card
+def _fresh_env(root: Path, packages: list[str]) -> Path:
+    """A site folder holding only `packages` and what they require (Requires-Dist, markers and extras
+    evaluated), linked from this environment: what `pip install <packages>` gives in a new venv.
+    `python -S` with PYTHONPATH=<it> sees nothing else (no .pth files: no editable borealis)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: dict[str, set[str]] = {}
+    todo = [(name, frozenset()) for name in packages]
+    while todo:
+        name, extras = todo.pop()
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:  # a requirement this platform's wheels do without
+            continue
+        key = canonicalize_name(name)
+        if key in seen and extras <= seen[key]:
+            continue
+        seen.setdefault(key, set()).update(extras)
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+                todo.append((req.name, frozenset(req.extras)))
+        for file in dist.files or []:  # top-level entries: packages, modules, .libs, dist-info
+            top = file.parts[0]
+            if top not in ("..", "__pycache__") and not top.endswith(".pth") and not (root / top).exists():
+                root.mkdir(parents=True, exist_ok=True)
+                if Path(dist.locate_file(top)).exists():
+                    (root / top).symlink_to(dist.locate_file(top))
+    return root
+
+
+def _card(export_dir: Path) -> tuple[dict, dict[str, str], str, str]:
+    """(front matter, {package: version} of the install line, the python snippet verbatim, the text)."""
+    import re
+
+    import yaml
+
+    text = (export_dir / "README.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    (line,) = re.findall(r"^pip install (.+)$", text, flags=re.MULTILINE)
+    pins = dict(p.split("==") for p in line.split())
+    (snippet,) = re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+    return front, pins, snippet, text
+
+
+def _imported(snippet: str) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(snippet)):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _stereo_22k(path: Path) -> torch.Tensor:
+    """A 1.3 s stereo WAV at 22.05 kHz (channels differ); returns the mono 16 kHz wave the model should hear."""
+    import soundfile as sf
+    import torchaudio.functional as F
+
+    rate = 22050
+    t = torch.arange(int(1.3 * rate)) / rate
+    g = torch.Generator().manual_seed(5)
+    wave = torch.stack([torch.sin(2 * torch.pi * 220 * t), 0.1 * torch.randn(len(t), generator=g)], 1) * 0.3
+    sf.write(path, wave.numpy(), rate, subtype="FLOAT")
+    return F.resample(wave.mean(dim=1), rate, SR)
+
+
+@pytest.fixture(scope="module")
+def voxtral_export(tmp_path_factory, voxtral_run):
+    return export(voxtral_run[0], tmp_path_factory.mktemp("vox_card") / "vox", format="voxtral")
+
+
+@pytest.mark.parametrize("case", ["merged", "kept", "voxtral"])
+def test_model_card_snippet_runs_as_printed_in_a_fresh_environment(case, hf_exports, voxtral_export, trained,
+                                                                   voxtral_run, tmp_path):
+    """The card's install line pins this environment's versions and the snippet imports nothing else; the
+    snippet, copied verbatim, runs on a stereo 22.05 kHz `audio.wav` where only the named packages (and what
+    they require) are importable, and prints the text the in-repo model gives for the same audio."""
+    from importlib.metadata import version
+
+    export_dir = {"merged": hf_exports[0], "kept": hf_exports[1], "voxtral": voxtral_export}[case]
+    model = (voxtral_run if case == "voxtral" else trained)[1]
+    front, pins, snippet, text = _card(export_dir)
+    assert front["library_name"] == "transformers" and front["language"] == ["ru", "en"]
+    assert front["pipeline_tag"] == "audio-text-to-text" and "borealis" in front["tags"]
+    named = ["torch", "transformers", "soundfile", "torchaudio"] + (["peft"] if case == "kept" else [])
+    assert pins == {name: version(name).split("+")[0] for name in named}  # the versions the export ran with
+    assert _imported(snippet) <= set(pins), _imported(snippet)  # the snippet needs nothing the line omits
+    assert "torchcodec" in text and "FFmpeg" in text
+    assert ("merged into the LLM" in text) == (case != "kept")
+    assert ("kept as a peft adapter" in text) == (case == "kept")
+
+    site = _fresh_env(tmp_path / "site", list(pins))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1",
+           "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_VERBOSITY": "error",
+           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}  # the snippet's CPU branch, as `want`
+    check = "import " + ", ".join(pins) + "\ntry:\n    import borealis\nexcept ImportError as err:\n    print(err)\n"
+    # cwd: not the repository, whose borealis/ `-c` would find
+    proc = subprocess.run([sys.executable, "-S", "-c", check], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "No module named 'borealis'", proc.stderr[-3000:]
+
+    work = tmp_path / "work"
+    work.mkdir()
+    audio = _stereo_22k(work / "audio.wav")
+    (work / "snippet.py").write_text(snippet)
+    proc = subprocess.run([sys.executable, "-S", "snippet.py"], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = model.decode(model.generate(audio=audio, user_prompt=ASR_PROMPT,
+                                       system_prompt=SYSTEM, max_new_tokens=256)[0])
+    assert want and proc.stdout.strip() == want
+
+
+def test_model_card_wer_table_and_model_facts(hf_exports, tmp_path, capsys):
+    merged, kept = hf_exports
+    text = (merged / "README.md").read_text()
+    assert "## Evaluation" in text and "checkpoint `last.ckpt`" in text
+    assert "| benchmark | samples | words | this model WER % | whisper `openai/whisper-large-v3` WER % |" in text
+    assert "| golos_crowd | 4 | 40 | 12.34 | 25.00 |" in text
+    assert "| librispeech_clean | 3 | 40 | 5.00 | 15.00 |" in text
+    assert "| **average** | | | **8.67** | **20.00** |" in text
+    assert "r=4, alpha=8" in text and "float32" in text and "at most 25 per 2 s window" in text
+    assert "## Evaluation" not in (kept / "README.md").read_text()  # no --wer given
+
+    (tmp_path / "bad.json").write_text(json.dumps({"benchmarks": {"x": {"words": 3}}}))
+    assert export_main(["--ckpt", "never-read.ckpt", "--out", str(tmp_path / "a"), "--wer",
+                        str(tmp_path / "bad.json")]) == 2  # the report is checked before the checkpoint loads
+    assert "not a `borealis validate` report: 'benchmarks.x' has no numeric 'wer'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
