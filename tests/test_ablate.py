@@ -30,7 +30,7 @@ def _wer_json(folder: Path, wers: dict[str, float], baseline: dict[str, float] |
               "benchmarks": {b: {"wer": w, "errors": 1, "words": 10, "samples": 2} for b, w in wers.items()},
               "audio_seconds": 1.0, "seconds": 1.0, "rtfx": 1.0}
     if baseline:
-        report["baselines"] = {"whisper": {"model": "openai/whisper-large-v3", "avg": sum(baseline.values()) / 3,
+        report["baselines"] = {"whisper": {"model": "openai/whisper-large-v3", "avg": sum(baseline.values()) / len(baseline),
                                            "benchmarks": {b: {"wer": w} for b, w in baseline.items()}}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "wer.json").write_text(json.dumps(report))
@@ -51,6 +51,18 @@ def test_seed_figures_are_designs():
     assert seed_average("it_fresh") == pytest.approx(0.6818)  # "IT_fresh (no pretrain)"
     assert seed_average("openai/whisper-large-v3") == pytest.approx(0.1103)
     assert seed_average("no_augment") is None
+
+
+def test_seed_column_holds_designs_figures_for_every_seed_row(tmp_path):
+    """DESIGN.md's seed table (and its IT_fresh and Whisper figures) in the report's seed column."""
+    design = {"ru_only": "19.32", "en_only": "20.88", "mixed_large": "22.11", "ru_text_10pct": "19.17",
+              "ru_text_25pct": "24.02", "it_fresh": "68.18"}
+    entries = [(name, _wer_json(tmp_path / name, {"b": 0.5}, baseline={"b": 0.1})) for name in design]
+    grid = collect(entries)
+    rows = _table(markdown(grid))
+    assert {name: rows[name]["seed Avg"] for name in design} == design
+    assert rows["Whisper openai/whisper-large-v3"]["seed Avg"] == "11.03"
+    assert [r.seed_avg for r in grid.runs] == pytest.approx([float(v) / 100 for v in design.values()])
 
 
 def test_report_from_synthetic_wer_json(tmp_path):
