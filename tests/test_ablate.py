@@ -30,7 +30,8 @@ def _wer_json(folder: Path, wers: dict[str, float], baseline: dict[str, float] |
               "benchmarks": {b: {"wer": w, "errors": 1, "words": 10, "samples": 2} for b, w in wers.items()},
               "audio_seconds": 1.0, "seconds": 1.0, "rtfx": 1.0}
     if baseline:
-        report["baselines"] = {"whisper": {"model": "openai/whisper-large-v3", "avg": sum(baseline.values()) / len(baseline),
+        report["baselines"] = {"whisper": {"model": "openai/whisper-large-v3",
+                                           "avg": sum(baseline.values()) / len(baseline),
                                            "benchmarks": {b: {"wer": w} for b, w in baseline.items()}}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "wer.json").write_text(json.dumps(report))
