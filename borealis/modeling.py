@@ -13,6 +13,11 @@ state dict of the reference code loads with `strict=True`, and LoRA factors are 
 too: the LoRA factors keep their initial values (the LLM's own `_init_weights`, see
 `_configure_parts`).
 
+`init_from` (`load_init_weights`) starts instruction tuning from a pretrain, the seed's two
+stages: a stage-1 `borealis fit` checkpoint, a saved or exported model, the seed's state dict
+(whose full LLM weights replace the frozen base LLM, LoRA fresh on top) or a hub id such as the
+seed's `AlexWortega/Borealis5b_90k`.
+
 Cost at Borealis-5B shapes: ~5.2B parameters, ~0.55B trainable with the default LoRA
 (r = 256 on every projection; `python -m borealis.shapes` prints the table).
 """
