@@ -16,21 +16,27 @@ fingerprinting system", ISMIR 2002):
 - log energies of 17 bands (250-5000 Hz, log-spaced) in 256 ms Hann frames every 32 ms;
 - bit (t, m) = 1 when the energy difference of bands m, m+1 grows from frame t-1 to t, so a
   frame is one uint16, and a gain, an EQ tilt or a codec's small changes flip few bits;
-- two clips match when, at the best of +-6 frame shifts (+-192 ms), at least
-  AUDIO_THRESHOLD = 0.75 of the bits of the frames they share agree (of their first 256
-  frames, 8.2 s). Measured on seeded noise-modulated chirps (tests/test_overlap.py; and 80
-  clips with an MP3 copy each, resampled to 22.05 or 44.1 kHz with 0, 23 or 50 ms of
-  leading silence): MP3 copies agree 0.81-0.95 (mean 0.87), an exact copy 1.0, and every
-  other pair 0.49-0.63 (mean 0.54): the threshold sits in the gap, ~0.06 from each side.
-  Resampling and a shift alone cost less (0.91-0.93); the codec rewriting quiet bands most:
-  at libsndfile's lowest MP3 quality (compression_level 0.9) copies agree 0.77-0.87.
+- two clips match when, at the best of +-6 frame shifts (+-192 ms), the bits of the frames
+  they share (of their first 256, 8.2 s) agree at least `required(frames)` = 0.72 + 0.4 /
+  sqrt(frames): 0.82 over 16 frames (0.8 s), 0.77 over 64, 0.745 over 256, since unrelated
+  clips' agreement spreads as 1/sqrt(frames). Measured in tests/test_overlap.py: MP3
+  copies (22.05 or 44.1 kHz, 23 or 50 ms of leading silence) of seeded noise-modulated
+  chirps agree 0.83-0.87 and of espeak-ng demo speech 0.90-0.94; the demo's noisy benchmark
+  agrees with its clean clips 0.91-0.97; unrelated chirps at most 0.63; 6,670 pairs of different demo
+  sentences of similar length (most under 2 s, one synthesiser) at most 0.73, 0.08 or more
+  below `required`. Harder cases, measured once: at libsndfile's lowest MP3 quality (0.9)
+  chirp copies agree 0.77-0.87 (speech 0.87+), and in the demo corpus at `--scale 0.1`
+  (27,071 such pairs) the closest pair of different sentences came within 0.01 of
+  `required`. The same sentence from one synthesiser in another voice can match (5 of 240
+  pairs there); those share the transcript too.
 Comparing every pair would be quadratic, so candidates come from a locality-sensitive hash
 (random hyperplanes: 32 tables of 12 bits) of a shift-robust summary (4 broad bands x 16
 equal time segments of the clip, log energy, per-band mean removed), among clips whose
 durations differ by at most DURATION_TOLERANCE = 0.25 s and whose summaries' cosine is at
-least MIN_COSINE = 0.75. Measured: copies' summaries have cosine >= 0.89 (a pair at 0.89
-shares some table's key with probability 0.99), unrelated clips ~0.01 on average (p99
-0.51): 80 candidate pairs of 12,720 above, all 80 copies among them.
+least MIN_COSINE = 0.75. Measured once on 80 chirp clips and an MP3 copy of each: copies'
+summaries have cosine >= 0.89 (a pair at 0.89 shares some table's key with probability
+0.99), other pairs 0.01 on average (p99 0.51); 80 of the 12,720 pairs were candidates, the
+80 copies.
 Transcripts compare exactly after `metrics.normalize_text` (case, punctuation, ё/е): the
 normalised `text`, or for chats and instructions every turn as "role: text". Text-only
 samples compare by transcript only; clips under ~0.8 s (MIN_FRAMES) by transcript only.
@@ -71,10 +77,12 @@ from borealis.shards.reader import ReadErrors, iter_shard
 
 WINDOW, HOP = 4096, 512  # samples at 16 kHz: 256 ms frames every 32 ms
 BAND_EDGES = np.geomspace(250.0, 5000.0, 18)  # 17 bands -> 16 difference bits per frame (one uint16)
+BITS = len(BAND_EDGES) - 2  # per frame
+WORD = np.uint32 if BITS > 16 else np.uint16  # one frame's bits
 MAX_FRAMES = 256  # fingerprint frames kept per clip: its first 8.2 s
 MIN_FRAMES = 16  # shorter clips (< 0.77 s) are compared by transcript only
 MAX_SHIFT = 6  # frames of misalignment searched (+-192 ms: encoder delay, leading silence)
-AUDIO_THRESHOLD = 0.75  # bit agreement of a match; see the measured separation above
+AUDIO_THRESHOLD, SHORT = 0.72, 0.4  # a match agrees on >= 0.72 + 0.4 / sqrt(frames) of the bits (`required`)
 DURATION_TOLERANCE = 0.25  # seconds: copies' durations differ by an encoder's delay and padding
 SEGMENTS, BROAD = 16, 4  # the LSH summary: BROAD bands x SEGMENTS equal time segments
 TABLES, TABLE_BITS = 32, 12  # LSH tables of 12 random hyperplanes each
@@ -116,10 +124,10 @@ def fingerprint(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     power = spec.real ** 2 + spec.imag ** 2
     energy = np.add.reduceat(power[:, :_BINS[-1]], _BINS[:-1], axis=1)  # (F, 17): the bins of each band summed
     log_e = np.log(energy + FLOOR * energy.mean() + 1e-10)
-    diff = log_e[:, :-1] - log_e[:, 1:]  # (F, 16)
-    bits_tm = (diff[1:] - diff[:-1]) > 0  # (F - 1, 16)
-    words = (bits_tm.astype(np.uint16) << np.arange(16, dtype=np.uint16)).sum(axis=1, dtype=np.uint16)
-    bits = np.zeros(MAX_FRAMES, np.uint16)
+    diff = log_e[:, :-1] - log_e[:, 1:]  # (F, BITS)
+    bits_tm = (diff[1:] - diff[:-1]) > 0  # (F - 1, BITS)
+    words = (bits_tm.astype(WORD) << np.arange(BITS, dtype=WORD)).sum(axis=1, dtype=WORD)
+    bits = np.zeros(MAX_FRAMES, WORD)
     bits[:min(MAX_FRAMES, words.size)] = words[:MAX_FRAMES]
     return bits, _summary(energy), min(MAX_FRAMES, words.size)
 
@@ -135,7 +143,7 @@ def _summary(energy: np.ndarray) -> np.ndarray:
     summary = np.zeros(SEGMENTS * BROAD, np.float32)
     n = energy.shape[0]
     if n - 1 >= MIN_FRAMES:
-        broad = energy[:, :16].reshape(n, BROAD, 16 // BROAD).sum(axis=2)  # (F, 4)
+        broad = energy[:, :BITS].reshape(n, BROAD, BITS // BROAD).sum(axis=2)  # (F, 4)
         segment = np.arange(n) * SEGMENTS // n
         onehot = (segment[:, None] == np.arange(SEGMENTS)[None]).astype(np.float32)  # (F, 16)
         seg = onehot.T @ broad / onehot.sum(axis=0)[:, None]  # (16, 4)
@@ -188,7 +196,7 @@ class Prints:
     @classmethod
     def empty(cls) -> Prints:
         return cls(np.zeros(0, "U1"), np.zeros(0, np.float32), np.zeros(0, np.int16),
-                   np.zeros((0, MAX_FRAMES), np.uint16), np.zeros((0, SEGMENTS * BROAD), np.float16),
+                   np.zeros((0, MAX_FRAMES), WORD), np.zeros((0, SEGMENTS * BROAD), np.float16),
                    np.zeros(0, np.uint64))
 
     @classmethod
@@ -213,7 +221,7 @@ def _shard_prints(path: Path, bar: tqdm | None = None) -> tuple[Prints, bool]:
         if s["audio"] is not None:
             bits, summary, frames = fingerprint(s["audio"])
         else:
-            bits, summary, frames = np.zeros(MAX_FRAMES, np.uint16), np.zeros(SEGMENTS * BROAD, np.float32), 0
+            bits, summary, frames = np.zeros(MAX_FRAMES, WORD), np.zeros(SEGMENTS * BROAD, np.float32), 0
         rows.append((s["key"], s["duration"], frames, bits, summary, _text_hash(text_key(s["meta"]))))
         if bar is not None:
             bar.update(1)
@@ -364,11 +372,21 @@ def candidate_pairs(prints: Prints, *, side: np.ndarray | None = None, tolerance
     return idx[pairs[close]]
 
 
-def agreement(prints: Prints, pairs: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
-    """(P,) float: for each pair, the best fraction of agreeing fingerprint bits over shifts of
-    -MAX_SHIFT..MAX_SHIFT frames, counting the frames both clips have (at least MIN_FRAMES;
-    else 0). Cost: (2 * MAX_SHIFT + 1) x MAX_FRAMES uint16 XORs and popcounts per pair."""
+def required(frames: np.ndarray | int, threshold: float = AUDIO_THRESHOLD) -> np.ndarray:
+    """The bit agreement a match needs over `frames` shared frames: `threshold` + SHORT /
+    sqrt(frames). Unrelated clips' agreement spreads as 1/sqrt(frames) (fewer bits, as with
+    coin flips), so short clips need more: 0.82 over 16 frames, 0.77 over 64, 0.745 over 256."""
+    return threshold + SHORT / np.sqrt(np.maximum(frames, 1))
+
+
+def agreement(prints: Prints, pairs: np.ndarray, *, threshold: float = AUDIO_THRESHOLD,
+              chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For each pair, at the shift of -MAX_SHIFT..MAX_SHIFT frames where it is best: the
+    fraction of agreeing fingerprint bits over the frames both clips have, and its margin over
+    `required(frames)` (a match when >= 0; -1 below MIN_FRAMES shared frames). Two (P,)
+    float arrays. Cost: (2 * MAX_SHIFT + 1) x MAX_FRAMES XORs and popcounts per pair."""
     best = np.zeros(len(pairs), np.float32)
+    margin = np.full(len(pairs), -1.0, np.float32)
     t = np.arange(MAX_FRAMES)
     for lo in range(0, len(pairs), chunk):
         a, b = pairs[lo:lo + chunk, 0], pairs[lo:lo + chunk, 1]
@@ -379,9 +397,11 @@ def agreement(prints: Prints, pairs: np.ndarray, *, chunk: int = 4096) -> np.nda
             valid = (t < na) & (tb >= 0) & (tb < nb)  # (C, MAX_FRAMES)
             wrong = np.bitwise_count(fa ^ fb[:, np.clip(tb, 0, MAX_FRAMES - 1)]) * valid
             frames = valid.sum(axis=1)
-            score = 1 - wrong.sum(axis=1) / np.maximum(16 * frames, 1)
-            best[lo:lo + chunk] = np.maximum(best[lo:lo + chunk], np.where(frames >= MIN_FRAMES, score, 0))
-    return best
+            score = 1 - wrong.sum(axis=1) / np.maximum(BITS * frames, 1)
+            over = np.where(frames >= MIN_FRAMES, score - required(frames, threshold), -1.0)
+            better = over > margin[lo:lo + chunk]
+            margin[lo:lo + chunk][better], best[lo:lo + chunk][better] = over[better], score[better]
+    return best, margin
 
 
 def audio_pairs(prints: Prints, *, side: np.ndarray | None = None,
@@ -389,8 +409,8 @@ def audio_pairs(prints: Prints, *, side: np.ndarray | None = None,
     """The clip pairs (P, 2) whose audio matches, and their agreement (P,); `side` as in
     `candidate_pairs`."""
     pairs = candidate_pairs(prints, side=side)
-    score = agreement(prints, pairs)
-    keep = score >= threshold
+    score, margin = agreement(prints, pairs, threshold=threshold)
+    keep = margin >= 0
     return pairs[keep], score[keep]
 
 
@@ -446,7 +466,8 @@ class OverlapReport:
 
     def lines(self) -> list[str]:
         """The report as text lines: one per pool, one per finding, and a verdict."""
-        out = [f"overlap: {len(self.pools)} pool(s); audio matches at >= {self.threshold:.2f} bit agreement"]
+        rule = f"{self.threshold:.2f} + {SHORT} / sqrt(frames)"
+        out = [f"overlap: {len(self.pools)} pool(s); audio matches at >= {rule} bit agreement"]
         for name, p in self.pools.items():
             out.append(f"  {p['role']:9} {name}: {p['samples']} samples, {p['audio']} compared by audio, "
                        f"{p['text']} by transcript")
