@@ -573,14 +573,22 @@ class AugmentationPipeline:
         """Index of the stage the curriculum is in at (epoch, global step)."""
         return max(i for i, s in enumerate(self.stages) if s.reached(epoch, step) or i == 0)
 
-    def check(self) -> None:
-        """Check every stage's effects (noise/IR pools exist) before training starts."""
-        for stage in self.stages:
-            for effect in stage.effects:
+    def problems(self) -> list[tuple[str, Exception]]:
+        """Every effect whose noise/IR pool is missing or empty: (`stages[i].effects[j]`, error)."""
+        found = []
+        for i, stage in enumerate(self.stages):
+            for j, effect in enumerate(stage.effects):
                 try:
                     effect.check()
                 except (FileNotFoundError, ValueError) as err:
-                    raise type(err)(f"augmentation stage {stage.name!r}, {type(effect).__name__}: {err}") from err
+                    where = f"augmentation stage {stage.name!r}, {type(effect).__name__}"
+                    found.append((f"stages[{i}].effects[{j}]", type(err)(f"{where}: {err}")))
+        return found
+
+    def check(self) -> None:
+        """Raise the first of `problems` (noise/IR pools exist), before training starts."""
+        for _, err in self.problems()[:1]:
+            raise err
 
     def set_stage(self, index: int) -> None:
         if not 0 <= index < len(self.stages):

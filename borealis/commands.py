@@ -9,6 +9,11 @@
 Why: the first word picks the command before LightningCLI sees the arguments, and each
 command imports what it needs only when it runs, so `borealis shards --help` answers in a
 fraction of a second instead of waiting for torch, transformers and Lightning (~5 s).
+
+Exit codes: 0 done; 2 a configuration the user must fix: unknown keys and wrong types
+(jsonargparse), a missing config file, and `ConfigError` (data that is not there, a base
+model that cannot be loaded, ...). Those print one message and no traceback, as `--help`-style
+tools do; any other exception keeps its traceback, because it is a bug or a failure of the run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 LIGHTNING = ("fit", "validate", "test", "predict")
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; `borealis` prints the message and exits with code 2.
+
+    `gather` builds one from every problem found, each named by its config key. It lives in
+    this module, which imports nothing heavy, so that any module can raise it.
+    """
+
+    @staticmethod
+    def gather(problems: Sequence[tuple[str, Exception]], what: str) -> ConfigError:
+        """One error listing each (key, problem) as `  - key: problem`; a `MissingPathError` when
+        every problem is a missing file or folder (a FileNotFoundError too)."""
+        kind = MissingPathError if all(isinstance(e, FileNotFoundError) for _, e in problems) else ConfigError
+        lines = "".join(f"\n  - {key}: {err}" for key, err in problems)
+        return kind(f"{len(problems)} problem(s) with {what}:{lines}")
+
+
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A `ConfigError` whose every problem is a file or folder that is not there."""
+
+
 USAGE = """\
 usage: borealis {fit,validate,test,predict,shards,export,demo,ablate} ...
 
@@ -139,6 +166,7 @@ COMMANDS = {"shards": _shards, "export": export_main, "demo": _demo, "ablate": _
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point; returns the exit status."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
@@ -148,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] in LIGHTNING or argv[0].startswith("-"):
         from borealis.cli import main as lightning_main
 
-        lightning_main(argv)
+        try:  # LightningCLI reads sys.argv itself (given both, it warns)
+            lightning_main(None if from_command_line else argv)
+        except ConfigError as err:
+            print(f"borealis{f' {argv[0]}' if argv[0] in LIGHTNING else ''}: error: {err}", file=sys.stderr)
+            return 2
         return 0
     print(USAGE, file=sys.stderr)
     print(f"borealis: error: unknown command {argv[0]!r} (choose from {', '.join([*LIGHTNING, *COMMANDS])})",
@@ -156,5 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m borealis.commands`: this module's classes, as `borealis.cli` raises them
+    from borealis.commands import main as entry
+
+    sys.exit(entry())

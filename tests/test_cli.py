@@ -114,6 +114,49 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     assert sorted(r["key"] for r in rows) == sorted(f"v-{i}" for i in range(9))
     assert all("prediction" in r and "reference" in r for r in rows)
 
+    run_cli("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)  # the same checkpoint again
+    folders = {e.parent.name for e in (runs / "tb").rglob("events.out.tfevents.*")}
+    assert folders == {"demo", "demo-validate-last-1", "demo-predict-last-1", "demo-validate-last-2"}
+    assert len(list((runs / "tb" / "demo").glob("events.out.tfevents.*"))) == 1  # the fit's, alone
+    for folder in folders - {"demo"}:  # each evaluation names the checkpoint it scored
+        acc = EventAccumulator(str(runs / "tb" / folder))
+        acc.Reload()
+        (text,) = acc.Tensors("run/checkpoint/text_summary")
+        assert str(ckpt.resolve()) in text.tensor_proto.string_val[0].decode()
+
+
+def test_evaluations_log_to_runs_of_their_own(tmp_path, tiny_parts, monkeypatch):
+    from borealis.cli import EvaluationRun
+
+    monkeypatch.setattr(BorealisCLI, "_run_subcommand", lambda self, subcommand: None)
+    enc, llm = tiny_parts
+    bench = json.dumps({"b": str(make_pool(tmp_path / "bench", "v", range(3)))})
+    torch.save({"hyper_parameters": {}}, tmp_path / "epoch=1.ckpt")
+    fixed = json.dumps({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tb", "version": "demo"}})
+
+    def run(subcommand, *args):
+        """The run folder `borealis SUBCOMMAND` logs to, created as its first log would."""
+        cli = BorealisCLI(BorealisLightningModule, BorealisDataModule, save_config_callback=None,
+                          auto_configure_optimizers=False,
+                          args=[subcommand, "--model.encoder", str(enc), "--model.llm", str(llm),
+                                "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "root"),
+                                "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "bench")}]),
+                                "--data.val_sets", bench, "--data.predict.sets", bench, *args])
+        assert any(isinstance(cb, EvaluationRun) for cb in cli.trainer.callbacks) == (subcommand != "fit")
+        folder = Path(cli.trainer.log_dir)
+        folder.mkdir(parents=True)
+        return folder.relative_to(tmp_path).as_posix()
+
+    ckpt = ["--ckpt_path", str(tmp_path / "epoch=1.ckpt")]
+    assert run("validate", *ckpt) == "root/lightning_logs/validate-epoch=1-1"  # Lightning's default logger
+    assert run("validate", *ckpt) == "root/lightning_logs/validate-epoch=1-2"
+    assert run("fit", "--trainer.logger", fixed) == "runs/tb/demo"  # training keeps the configured version
+    assert run("validate", "--trainer.logger", fixed, *ckpt) == "runs/tb/demo-validate-epoch=1-1"
+    assert run("validate", "--trainer.logger", fixed, *ckpt) == "runs/tb/demo-validate-epoch=1-2"
+    assert run("predict", "--trainer.logger", fixed, *ckpt) == "runs/tb/demo-predict-epoch=1-1"
+    assert run("validate", "--trainer.logger", fixed) == "runs/tb/demo-validate-no-checkpoint-1"
+
 
 def test_help_lists_every_command(capsys):
     assert borealis(["--help"]) == 0

@@ -137,6 +137,29 @@ def test_config_errors_name_the_problem(pools, prompts):
         MixtureStream([Pool("x", str(pools / "nowhere"))], prompts, Batching(batch_size=2))
 
 
+def test_every_data_problem_of_a_stage_is_named_by_its_key(pools, tmp_path):
+    from borealis.augmentations import AugmentationPipeline, AugmentationStage, BackgroundNoise, ImpulseResponse
+    from borealis.commands import ConfigError
+    from borealis.data.datamodule import PredictSettings
+
+    pipeline = AugmentationPipeline([AugmentationStage("clean"), AugmentationStage(
+        "mild", start_epoch=1, effects=[BackgroundNoise(str(pools / "a")), ImpulseResponse(str(tmp_path / "ir"))]),
+        AugmentationStage("harsh", start_epoch=2, effects=[BackgroundNoise(str(tmp_path / "noise"))])])
+    dm = BorealisDataModule(train_pools=[Pool("a", str(pools / "a")), Pool("gone", str(tmp_path / "gone"))],
+                            text_pool=str(pools / "text"), text_ratio=0.1, augmentation=pipeline,
+                            val_sets={"bench": str(pools / "bench"), "typo": str(tmp_path / "bnech")},
+                            predict=PredictSettings(sets={"p": str(tmp_path / "p")}))  # no prompt builder needed
+    assert [key for key, _ in dm.problems("fit")] == [
+        "data.train_pools[1] ('gone')", "data.augmentation.stages[1].effects[1]",
+        "data.augmentation.stages[2].effects[0]", "data.val_sets.typo"]
+    assert [key for key, _ in dm.problems("validate")] == ["data.val_sets.typo"]
+    assert [key for key, _ in dm.problems("predict")] == ["data.predict.sets.p"]
+    with pytest.raises(ConfigError, match=r"4 problem\(s\) with the data configuration \(stage 'fit'\)") as err:
+        dm.check("fit")
+    assert isinstance(err.value, FileNotFoundError)  # every problem is a missing path
+    assert f"augmentation stage 'harsh', BackgroundNoise: no shards match '{tmp_path / 'noise'}'" in str(err.value)
+
+
 def test_a_pool_with_nothing_in_range_fails_with_its_name(pools, prompts):
     stream = MixtureStream([Pool("a", str(pools / "a"))], prompts, Batching(batch_size=2), batches_per_epoch=1,
                            min_seconds=5.0, max_seconds=9.0)

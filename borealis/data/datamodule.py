@@ -3,8 +3,9 @@
 Training reads `stream.MixtureStream` through `resume.ResumableLoader` (its position is saved
 in every checkpoint); validation and test read each benchmark exactly once across ranks
 (`benchmarks`); prediction reads benchmark sets and audio files cut into windows (`windows`).
-`check` gathers every missing or empty data source of a stage into one error before any
-weights load.
+`problems` finds every missing or empty data source of a stage (one check, shared by the CLI,
+which runs it before the model is built, and `setup`); `check` raises them as one
+`commands.ConfigError`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from borealis.augmentations import AugmentationPipeline
+from borealis.commands import ConfigError
 from borealis.data.batching import Batching, collate
 from borealis.data.benchmarks import BenchmarkSet, RankBatches
 from borealis.data.pools import Pool
@@ -151,16 +153,24 @@ class BorealisDataModule(L.LightningDataModule):
                 self.benchmarks[name] = BenchmarkSet(name, shards, prompts)
 
     def check(self, stage: str) -> None:
-        """Fail before any weights load if a data source of `stage` is missing or empty.
-
-        Every problem is gathered into one error naming the config key and the path: a
-        training pool, the text pool or a benchmark whose spec matches no shard (or whose
-        index.json is invalid), an empty `train_pools` (fit) or `val_sets` (validate/test), a
-        missing noise or IR pool of the augmentation curriculum. Cost: listing the shards
-        (index.json reads and globs), no tar is opened. FileNotFoundError when every problem
-        is a missing path, else ValueError.
-        """
+        """Raise one `ConfigError` listing every problem `problems(stage)` finds (a
+        `MissingPathError`, also a FileNotFoundError, when each is a missing path)."""
         stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn (a str enum)
+        problems = self.problems(stage)
+        if problems:
+            raise ConfigError.gather(problems, f"the data configuration (stage {stage!r})")
+
+    def problems(self, stage: str) -> list[tuple[str, Exception]]:
+        """Every missing or empty data source of `stage`, as (config key, error) pairs.
+
+        A training pool, the text pool or a benchmark whose spec matches no shard (or whose
+        index.json is invalid), an empty `train_pools` (fit) or `val_sets` (validate/test), a
+        missing or empty noise or IR pool of the augmentation curriculum (each effect that
+        reads one). Cost: listing the shards (index.json reads and globs) and the noise/IR
+        pools' tar headers; no training or benchmark tar is opened. `borealis` runs this on a
+        copy of the DataModule before the model is built (`cli.BorealisCLI`), and `setup`
+        runs it again for code that builds a DataModule itself.
+        """
         problems: list[tuple[str, Exception]] = []
 
         def probe(key: str, spec: str, *, keep_missing: bool) -> None:
@@ -177,20 +187,14 @@ class BorealisDataModule(L.LightningDataModule):
             if self.text_pool and self.text_ratio > 0:
                 probe("data.text_pool", self.text_pool, keep_missing=True)
             if self.augmentation is not None:
-                try:
-                    self.augmentation.check()
-                except (FileNotFoundError, ValueError) as err:
-                    problems.append(("data.augmentation", err))
+                problems += [(f"data.augmentation.{key}", err) for key, err in self.augmentation.problems()]
         if stage in ("validate", "test") and not self.val_sets:
             problems.append(("data.val_sets", ValueError(f"empty: `{stage}` scores benchmarks; name at least one")))
         sets = ("data.predict.sets", self.predict.sets) if stage == "predict" else ("data.val_sets", self.val_sets)
         for name, spec in sets[1].items():
             if name not in self.benchmarks:  # benchmarks are read strictly: every listed shard must exist
                 probe(f"{sets[0]}.{name}", spec, keep_missing=False)
-        if problems:
-            kind = FileNotFoundError if all(isinstance(e, FileNotFoundError) for _, e in problems) else ValueError
-            lines = "".join(f"\n  - {key}: {err}" for key, err in problems)
-            raise kind(f"{len(problems)} problem(s) with the data configuration (stage {stage!r}):{lines}")
+        return problems
 
     def set_epoch(self, epoch: int) -> None:
         if self.train_stream is not None:
