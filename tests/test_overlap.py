@@ -194,10 +194,12 @@ def test_inspect_overlap_exits_1_on_planted_case(pools, tmp_path, capsys):
 
 def test_check_overlap_names_pools_counts_and_keys(pools):
     with pytest.raises(ValueError) as e:
-        check_overlap({"asr": pools["train"]}, {"bench_a": pools["bench"]}, progress=False)
+        check_overlap({"asr": pools["train"]}, {"bench_a": pools["bench"]}, progress=False,
+                      hint="Or set data.allow_overlap: true.")
     msg = str(e.value)
     assert "'train:asr' / 'benchmark:bench_a'" in msg and "2 pair(s)" in msg
-    assert "train-3 ~ bench-mp3a" in msg and "train-4 ~ bench-text" in msg and "data.allow_overlap" in msg
+    assert "train-3 ~ bench-mp3a" in msg and "train-4 ~ bench-text" in msg
+    assert msg.endswith("lists every pair. Or set data.allow_overlap: true.")
     check_overlap({"asr": pools["train2"]}, {"bench_a": pools["bench2"], "other": pools["bench"]}, progress=False)
 
 

@@ -4,9 +4,10 @@ What: `find_overlaps(pools, benchmarks=...)` compares shard pools by a fingerpri
 decoded audio and by normalised transcript, and returns an `OverlapReport`: for every pair of
 pools (and every pool with itself) the duplicate pairs found, by audio and by text, with a
 few example keys. `check_overlap(train, benchmarks)` raises `ValueError` naming the pools,
-the counts and example keys when a benchmark overlaps a training pool: `fit` calls it before
-any weights load (`data.allow_overlap: true` skips it), and `borealis shards inspect
---overlap --benchmarks ...` prints the report and exits 1 in that case.
+the counts and example keys when a benchmark overlaps a training pool (the check for `fit`
+to run on data.train_pools and data.text_pool against data.val_sets before any weights
+load), and `borealis shards inspect --overlap --benchmarks ...` prints the report and exits
+1 in that case.
 
 Why: a benchmark clip that is also a training clip makes its WER a memory test. Copies are
 rarely byte-identical: a corpus re-published at another rate, or re-encoded as MP3 (which
@@ -56,7 +57,7 @@ such core the first time (`workers` processes divide it), and seconds (the sidec
 after. The sidecar holds ~650 bytes per clip. Comparing is a sort per LSH table, a cosine
 per candidate pair and a bit comparison (13 shifts x 256 uint16) per surviving pair: on
 10^5 clips ~10 s for all pairs, 2.5 s for 9x10^4 training clips against 10^4 benchmark
-clips (`within=False`, what `fit` runs).
+clips (`within=False`, as `check_overlap` runs).
 """
 
 from __future__ import annotations
@@ -96,13 +97,7 @@ LISTED = 10_000  # key pairs a finding keeps (the JSON report lists them)
 
 
 # ----------------------------------------------------------------------------- one clip
-def _band_bins() -> np.ndarray:
-    """The rfft bin where each band starts, and where the last one ends: (18,) int."""
-    freqs = np.fft.rfftfreq(WINDOW, 1 / SAMPLE_RATE)
-    return np.searchsorted(freqs, BAND_EDGES)
-
-
-_BINS = _band_bins()
+_BINS = np.searchsorted(np.fft.rfftfreq(WINDOW, 1 / SAMPLE_RATE), BAND_EDGES)  # where each band's rfft bins start
 _HANN = np.hanning(WINDOW).astype(np.float32)
 
 
@@ -547,7 +542,7 @@ def find_overlaps(pools: Mapping[str, str | Path], *, benchmarks: Sequence[str] 
         pools: name -> pool (folder, .tar or glob).
         benchmarks: the names in `pools` that are benchmarks; the others are training pools.
         within: also find duplicates inside each pool and between pools of the same role;
-            False compares only training pools with benchmarks (what `fit` needs: far fewer
+            False compares only training pools with benchmarks (what a training run needs: far fewer
             candidate pairs on a large training pool).
         threshold: the bit agreement an audio match needs (see the module docstring).
         progress: progress bars while fingerprinting pools without a current sidecar.
@@ -577,15 +572,16 @@ def find_overlaps(pools: Mapping[str, str | Path], *, benchmarks: Sequence[str] 
     return OverlapReport(info, findings, threshold)
 
 
-def check_overlap(train: Mapping[str, str | Path], benchmarks: Mapping[str, str | Path], *,
-                  progress: bool = True, workers: int = 1, error: type[Exception] = ValueError) -> OverlapReport:
+def check_overlap(train: Mapping[str, str | Path], benchmarks: Mapping[str, str | Path], *, progress: bool = True,
+                  workers: int = 1, error: type[Exception] = ValueError, hint: str = "") -> OverlapReport:
     """Raise `error` when a benchmark shares audio or a transcript with a training pool.
 
     The message names each benchmark and training pool, the counts by audio and by text, and
-    a few key pairs. Training pools are labelled `train:<name>`, benchmarks `benchmark:<name>`.
-    Only training-vs-benchmark pairs are compared (duplicates inside a pool are
-    `borealis shards inspect --overlap`'s business). Cost: see the module docstring (the
-    first call per pool decodes it; later calls read its sidecar).
+    a few key pairs, then how to fix it, then `hint` (e.g. the option that skips the check).
+    Training pools are labelled `train:<name>`, benchmarks `benchmark:<name>`. Only
+    training-vs-benchmark pairs are compared (duplicates inside a pool are `borealis shards
+    inspect --overlap`'s business). Cost: see the module docstring (the first call per pool
+    decodes it; later calls read its sidecar).
     """
     pools = {f"train:{k}": v for k, v in train.items()} | {f"benchmark:{k}": v for k, v in benchmarks.items()}
     report = find_overlaps(pools, benchmarks=[f"benchmark:{k}" for k in benchmarks], within=False,
@@ -594,6 +590,6 @@ def check_overlap(train: Mapping[str, str | Path], benchmarks: Mapping[str, str 
         lines = "".join(f"\n  - {f}" for f in conflicts)
         raise error(f"{len(conflicts)} overlap(s) between benchmarks and training pools (same audio or the same "
                     f"normalised transcript; pairs, samples per side, example keys):{lines}\n"
-                    "Remove these samples from the training pool (or the benchmark), or set "
-                    "data.allow_overlap: true to train anyway (`borealis shards inspect --overlap` lists them).")
+                    "Remove these samples from the training pool (or the benchmark); `borealis shards inspect "
+                    "--overlap --benchmarks ...` lists every pair." + (f" {hint}" if hint else ""))
     return report
