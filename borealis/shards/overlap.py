@@ -587,9 +587,9 @@ def check_overlap(train: Mapping[str, str | Path], benchmarks: Mapping[str, str 
     report = find_overlaps(pools, benchmarks=[f"benchmark:{k}" for k in benchmarks], within=False,
                            progress=progress, workers=workers)
     if conflicts := report.conflicts():
-        lines = "".join(f"\n  - {f}" for f in conflicts)
+        lines = "".join(f"\n    - {f}" for f in conflicts)  # indented: callers list this under a config key
         raise error(f"{len(conflicts)} overlap(s) between benchmarks and training pools (same audio or the same "
-                    f"normalised transcript; pairs, samples per side, example keys):{lines}\n"
+                    f"normalised transcript; pairs, samples per side, example keys):{lines}\n    "
                     "Remove these samples from the training pool (or the benchmark); `borealis shards inspect "
                     "--overlap --benchmarks ...` lists every pair." + (f" {hint}" if hint else ""))
     return report
