@@ -10,8 +10,8 @@ Checkpoint names follow the reference module (`encoder.*`, `adapter.w_in`, `adap
 `llm.*`): peft's `base_layer` / adapter-name wrapping is undone by state-dict hooks, so a
 state dict of the reference code loads with `strict=True`, and LoRA factors are saved as
 `llm.<...>.q_proj.lora_A.weight`. A base checkpoint without LoRA factors loads strictly
-too: the LoRA factors keep their initial values (the LLM's own `_init_weights`, see
-`_configure_parts`).
+too: the LoRA factors keep their initial values (peft's: B = 0, so the LLM is unchanged; see
+`post_init`).
 
 `init_from` (`load_init_weights`) starts instruction tuning from a pretrain, the seed's two
 stages: a stage-1 `borealis fit` checkpoint, a saved or exported model, the seed's state dict
@@ -88,7 +88,7 @@ class BorealisForConditionalGeneration(inference.BorealisForConditionalGeneratio
 
     def _configure_parts(self) -> None:
         """LoRA into the LLM, the encoder frozen or not, and the checkpoint-name hooks; before
-        `post_init`, which initialises the new LoRA layers with the LLM's own `_init_weights`."""
+        `post_init`, which initialises the new LoRA layers (see `post_init`)."""
         config = self.config
         if config.lora:
             self._inject_lora(config.lora)
@@ -101,6 +101,19 @@ class BorealisForConditionalGeneration(inference.BorealisForConditionalGeneratio
         self.register_state_dict_post_hook(_to_reference_names)
         self.register_load_state_dict_pre_hook(_from_reference_names)
         self.register_load_state_dict_post_hook(_allow_missing_fresh_parts)
+
+    def post_init(self) -> None:
+        """`post_init`, then peft's LoRA start: A Kaiming-uniform, B = 0. The LLM's `_init_weights`
+        (run by `post_init`) draws both factors from its normal init, which would add a random
+        B·A to every adapted weight; with B = 0 a fresh LoRA leaves the LLM exactly as loaded,
+        so training (or a stage-2 run on a pretrain) starts from the base model's behaviour."""
+        super().post_init()
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.llm.modules():
+            if isinstance(module, LoraLayer):
+                for adapter in module.lora_A:
+                    module.reset_lora_parameters(adapter, True)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Each part initialises itself (HF parts in their own post_init, adapters in

@@ -279,3 +279,21 @@ def test_trainable_state_check_lists_every_problem(tiny_model):
     shape = r"1 shape mismatch\(es\): \['adapter.w_out.weight: \(3, 3\), in the model \(48, 48\)'\]"
     with pytest.raises(ValueError, match=shape):
         check_trainable_state(tiny_model, {**state, "adapter.w_out.weight": torch.zeros(3, 3)}, source="x")
+
+
+def test_fresh_lora_leaves_the_llm_as_loaded(tiny_parts):
+    """peft's start (B = 0): a model with fresh LoRA gives the base LLM's logits exactly."""
+    from transformers import AutoModelForCausalLM
+
+    enc, llm = tiny_parts
+    model = BorealisForConditionalGeneration.from_parts(str(enc), str(llm), lora=LoraSettings(r=4, alpha=8,
+                                                                                                dropout=0.0))
+    lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
+    lora_a = [p for n, p in model.llm.named_parameters() if "lora_A" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)
+    assert all(p.std() > 0 for p in lora_a)  # A random, so B's gradient is not zero
+    base = AutoModelForCausalLM.from_pretrained(str(llm)).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.llm.eval()(input_ids=ids).logits[..., :base.config.vocab_size],
+                                   base(input_ids=ids).logits, rtol=0, atol=0)
