@@ -42,7 +42,8 @@ from transformers import AutoTokenizer, WhisperFeatureExtractor
 
 from borealis.features import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from borealis.model_card import model_card, parameter_counts, read_wer, write_card
-from borealis.modeling import DTYPES, BorealisForConditionalGeneration, LoraSettings, check_trainable_state
+from borealis.modeling import (DTYPES, BorealisForConditionalGeneration, LoraSettings, check_trainable_state,
+                               load_init_weights)
 from borealis.settings import merged_section, plain
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def model_settings(checkpoint: dict, config: str | Path | list[str | Path] | Non
 
 
 def build_model(settings: dict, checkpoint: dict) -> BorealisForConditionalGeneration:
-    """The trained model in float32: base parts from `settings`, trainable weights from the checkpoint.
+    """The trained model in float32: base parts from `settings` (and `init_from`'s pretrain, as in
+    training), trainable weights from the checkpoint.
 
     Raises a ValueError naming every missing, unexpected or mis-shaped weight when the
     checkpoint does not fit the model the settings describe.
@@ -153,6 +155,8 @@ def build_model(settings: dict, checkpoint: dict) -> BorealisForConditionalGener
         adapter=settings["adapter"], trim_audio_tokens=settings["trim_audio_tokens"], lora=settings["lora"],
         encoder_window=settings["encoder_window"],
         freeze_encoder=settings["freeze_encoder"], dtype=torch.float32, tokenizer=tokenizer)
+    if settings.get("init_from"):  # the run started from a pretrain, which may have replaced the frozen base
+        load_init_weights(model, settings["init_from"])
     # "model." keys are the LightningModule's model; any other key stays as it is and is unexpected
     trained = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     check_trainable_state(model, trained, source=(

@@ -191,3 +191,30 @@ def test_a_hub_id_resolves_through_the_offline_cache(tiny_parts, tmp_path, monke
     assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items() if k in names)
     with pytest.raises(FileNotFoundError, match="not a local path.*HF_HUB_OFFLINE=1: none in the cache"):
         read_weights("AlexWortega/NotCached")
+
+
+def test_export_rebuilds_a_run_on_its_pretrain(tiny_parts, tmp_path):
+    """A run started from the seed's full-LLM pretrain exports on that pretrain's LLM, not on the
+    plain base: `export.build_model` applies `init_from` before the checkpoint's weights."""
+    from borealis.export import build_model
+
+    state = _seed_full_llm_state(_trained(tiny_parts))
+    torch.save(state, tmp_path / "seed_pretrain.bin")
+    run = _model(tiny_parts, seed=7)
+    load_init_weights(run, tmp_path / "seed_pretrain.bin")
+    with torch.no_grad():  # as after stage-2 training: LoRA and adapter moved
+        for p in (p for p in run.parameters() if p.requires_grad):
+            p.normal_(0, 0.05)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in run.state_dict().items()
+                           if k in set(run.trainable_parameter_names())}}
+    enc, llm = tiny_parts
+    settings = {"encoder": enc, "llm": llm, "downsample_factor": 4, "adapter": "simple", "trim_audio_tokens": True,
+                "encoder_window": "full", "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
+                                                   "target_modules": LoraSettings().target_modules},
+                "freeze_encoder": True, "init_from": str(tmp_path / "seed_pretrain.bin")}
+    exported = build_model(settings, ckpt).state_dict()
+    for k, v in run.state_dict().items():
+        assert torch.equal(exported[k], v), k
+    settings["init_from"] = None  # without it the base LLM would be the plain one
+    plain = build_model(settings, ckpt).state_dict()
+    assert not all(torch.equal(plain[k], v) for k, v in run.state_dict().items())
