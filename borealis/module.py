@@ -110,8 +110,11 @@ class BorealisLightningModule(L.LightningModule):
             `skipped_steps_window` steps stop the run with an error naming the batches' keys
             (0: the first one stops it).
         skipped_steps_window: the window, in optimizer steps, for `max_skipped_steps`.
-        init_from: start from released weights after the base parts load: an exported or
-            saved Borealis directory, or a state dict from the seed's code (seed names; see
+        init_from: start from a pretrain after the base parts load (stage 2 of the seed's
+            recipe): a stage-1 `.ckpt` of `borealis fit`, an exported or saved Borealis
+            directory, a state dict of the reference code (reference names; a full fine-tuned
+            LLM replaces the frozen base, LoRA starts fresh on top), or a hub id such as
+            `AlexWortega/Borealis5b_90k` (read through the hub cache; see
             `modeling.load_init_weights`). Unexpected keys, missing trainable keys and shape
             mismatches fail, listed. A checkpoint given by `--ckpt_path` loads over it.
         label_logits_only: the training loss projects only the labelled (assistant) positions
