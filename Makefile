@@ -31,8 +31,8 @@ demo: install espeak $(DEMO_DIR)/corpus.json
 
 # The augmentation ablation: the same demo without the curriculum (BENCHMARKS.md compares the two).
 demo-ablation: install espeak $(DEMO_DIR)/corpus.json
-	$(VENV)/bin/borealis fit --config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml
-	$(VENV)/bin/borealis validate --config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml \
+	$(VENV)/bin/borealis fit --config configs/demo.yaml --config configs/variants/demo_no_augment.yaml
+	$(VENV)/bin/borealis validate --config configs/demo.yaml --config configs/variants/demo_no_augment.yaml \
 	  --ckpt_path $(DEMO_DIR)/runs_none/checkpoints/last.ckpt
 
 # The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs,

@@ -94,7 +94,7 @@ a snippet that runs as printed (audio read with soundfile, resampled with torcha
 `--wer runs/<run>/wer.json` (written by `borealis validate` on the same checkpoint), the WER table.
 
 `--config` is the YAML used for training (its `model:` section; repeat it for stacked configs,
-`--config configs/demo.yaml --config configs/ablations/demo_no_augment.yaml`); without it the
+`--config configs/demo.yaml --config configs/variants/demo_no_augment.yaml`); without it the
 checkpoint's stored hyper-parameters are used. The base models it names must be reachable
 (hub or local folders, relative to the working directory as in training). `--out` must be new
 or empty. Exit code: 0 written; 2 bad arguments or a checkpoint that does

@@ -181,8 +181,8 @@ def test_last_checkpoint_must_be_new(tmp_path):
 def test_two_tiny_overlays_end_to_end(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(24), max_samples=8)
-    make_pool(tmp_path / "bench_a", "v", range(4), max_samples=4)
-    make_pool(tmp_path / "bench_b", "w", range(10, 13), max_samples=4)
+    make_pool(tmp_path / "bench_a", "v", range(100, 104), max_samples=4)  # held out from the training ids
+    make_pool(tmp_path / "bench_b", "w", range(110, 113), max_samples=4)
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({
         "seed_everything": 0,

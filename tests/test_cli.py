@@ -19,6 +19,7 @@ from borealis.shards import iter_shard, list_shards
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 ABLATIONS = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))  # overlays on it_fresh.yaml
+VARIANTS = {"no_augment.yaml": "it_fresh.yaml", "demo_no_augment.yaml": "demo.yaml"}  # configs/variants/ on their base
 
 
 def _parse(configs, tiny_parts):
@@ -37,6 +38,13 @@ def test_every_config_parses(config, tiny_parts):
     assert cli.datamodule.prompt_builder is cli.model.prompt_builder  # linked, not rebuilt
     assert cli.datamodule.val_sets, "every config names its benchmarks"
     assert cli.trainer.accelerator is not None
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_overlay_their_base_with_one_clean_stage(variant, tiny_parts):
+    assert sorted(p.name for p in (CONFIG_DIR / "variants").glob("*.yaml")) == sorted(VARIANTS)
+    cli = _parse([CONFIG_DIR / VARIANTS[variant], CONFIG_DIR / "variants" / variant], tiny_parts)
+    assert [stage.name for stage in cli.datamodule.augmentation.stages] == ["none"]
 
 
 @pytest.mark.parametrize("overlay", ABLATIONS, ids=[c.name for c in ABLATIONS])
@@ -67,7 +75,7 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(40), max_samples=10)
     make_pool(tmp_path / "text", "t", range(20), text_only=True)
-    make_pool(tmp_path / "bench", "v", range(9), max_samples=4)
+    make_pool(tmp_path / "bench", "v", range(100, 109), max_samples=4)  # held out from the training ids
     for pool in ("noise", "ir"):  # demo.yaml's augmentation curriculum reads these (checked at setup)
         make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     runs = tmp_path / "demo" / "runs"  # demo.yaml's relative paths land under the working folder
@@ -111,7 +119,7 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
 
     run_cli("predict", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
     rows = [json.loads(line) for line in (runs / "report" / "predictions.rank0.jsonl").read_text().splitlines()]
-    assert sorted(r["key"] for r in rows) == sorted(f"v-{i}" for i in range(9))
+    assert sorted(r["key"] for r in rows) == sorted(f"v-{i}" for i in range(100, 109))
     assert all("prediction" in r and "reference" in r for r in rows)
 
     run_cli("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)  # the same checkpoint again
@@ -142,7 +150,8 @@ def test_evaluations_log_to_runs_of_their_own(tmp_path, tiny_parts, monkeypatch)
                           args=[subcommand, "--model.encoder", str(enc), "--model.llm", str(llm),
                                 "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "root"),
                                 "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "bench")}]),
-                                "--data.val_sets", bench, "--data.predict.sets", bench, *args])
+                                "--data.val_sets", bench, "--data.predict.sets", bench,
+                                "--data.allow_overlap", "true", *args])  # the benchmark is the training pool
         assert any(isinstance(cb, EvaluationRun) for cb in cli.trainer.callbacks) == (subcommand != "fit")
         folder = Path(cli.trainer.log_dir)
         folder.mkdir(parents=True)

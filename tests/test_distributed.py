@@ -40,7 +40,7 @@ def _run(args: list[str], cwd: Path):
 def test_ddp_on_two_cpu_ranks(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(30), max_samples=10)  # 3 shards over 2 ranks x 1 worker: uneven
-    make_pool(tmp_path / "bench", "v", range(11), max_samples=4)   # 11 samples: ranks get unequal batches
+    make_pool(tmp_path / "bench", "v", range(100, 111), max_samples=4)  # 11 held-out samples: ranks get unequal batches
     for pool in ("noise", "ir"):
         make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     (tmp_path / "weights").mkdir()

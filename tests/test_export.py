@@ -403,7 +403,8 @@ def test_borealis_predict_on_files_gives_the_snippets_text(trained, parts, tmp_p
     rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.rank0.jsonl").read_text().splitlines()]
     want = model.generate(audio=clips, user_prompt=PROMPT, system_prompt=SYSTEM, max_new_tokens=MAX_NEW)
     assert [r["file"] for r in rows] == files
-    assert [r["prediction"] for r in rows] == [model.decode(w).strip() for w in want]
+    # predict joins a file's window texts word by word (inference.merge_texts), so whitespace is normalised
+    assert [r["prediction"] for r in rows] == [" ".join(model.decode(w).split()) for w in want]
     assert all(len(r["windows"]) == 1 for r in rows)
 
 

@@ -21,7 +21,14 @@ import soxr
 from borealis.ingest import build_pool
 from borealis.shards import SAMPLE_RATE, iter_shard, list_shards
 from borealis.shards.cli import main as shards_main
-from borealis.shards.overlap import SIDECAR, Prints, agreement, check_overlap, find_overlaps, pool_prints
+from borealis.shards.overlap import (
+    SIDECAR,
+    Prints,
+    agreement,
+    check_overlap,
+    find_overlaps,
+    pool_prints,
+)
 
 TINY_MODELS = ["--encoder-dim", "32", "--encoder-layers", "1", "--encoder-heads", "2", "--encoder-ffn", "64",
                "--llm-dim", "32", "--llm-layers", "1", "--llm-heads", "2", "--llm-kv-heads", "1", "--llm-head-dim", "16",
@@ -244,3 +251,25 @@ def test_demo_speech_copies_match_and_its_benchmarks_are_held_out(tmp_path):
     _, margin = agreement(clips, np.stack([i, j], axis=1))
     different = texts[i] != texts[j]
     assert different.sum() > 500 and margin[different].max() < 0
+
+
+def test_fit_refuses_a_benchmark_in_a_training_pool(pools, tmp_path, tiny_parts):
+    from borealis.commands import ConfigError
+    from borealis.commands import main as borealis
+    from borealis.data import BorealisDataModule, Pool
+
+    def data(**kwargs):
+        return BorealisDataModule(train_pools=[Pool("asr", pools["train"])], val_sets={"bench": pools["bench"]},
+                                  **kwargs)
+
+    [(key, err)] = data().problems("fit")
+    assert key == "data.val_sets" and "'train:asr' / 'benchmark:bench'" in str(err)
+    assert "train-3 ~ bench-mp3a" in str(err) and str(err).endswith("data.allow_overlap: true to train anyway.")
+    with pytest.raises(ConfigError, match="overlap"):
+        data().check("fit")
+    assert data(allow_overlap=True).problems("fit") == [] and data().problems("validate") == []
+    enc, llm = tiny_parts
+    assert borealis(["fit", "--model.encoder", str(enc), "--model.llm", str(llm), "--trainer.accelerator", "cpu",
+                     "--trainer.default_root_dir", str(tmp_path), "--data.train_pools",
+                     json.dumps([{"name": "asr", "shards": pools["train"]}]),
+                     "--data.val_sets", json.dumps({"bench": pools["bench"]})]) == 2

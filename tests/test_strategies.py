@@ -102,7 +102,7 @@ def test_wrap_layers_must_be_modules():
 def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(30), max_samples=10)
-    make_pool(tmp_path / "bench", "v", range(11), max_samples=4)
+    make_pool(tmp_path / "bench", "v", range(100, 111), max_samples=4)  # held out from the training ids
     for pool in ("noise", "ir"):
         make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     (tmp_path / "dumps").mkdir()

@@ -258,7 +258,7 @@ def test_borealis_fit_writes_the_throughput_tags(tmp_path, tiny_parts):
     enc, llm = tiny_parts
     make_pool(tmp_path / "train", "a", range(16), max_samples=8)
     make_pool(tmp_path / "text", "t", range(8), text_only=True)
-    make_pool(tmp_path / "bench", "v", range(2))
+    make_pool(tmp_path / "bench", "v", range(100, 102))  # held out from the training ids
     proc = run_cli(
         "fit", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
         "--model.encoder", str(enc), "--model.llm", str(llm), "--data.augmentation", "null",

@@ -28,7 +28,7 @@ from borealis.data.stream import MixtureStream
 from borealis.data.windows import WindowSet, encoder_window_seconds
 from borealis.inference import expand_paths
 from borealis.prompts import PromptBuilder
-from borealis.shards import list_shards
+from borealis.shards import check_overlap, list_shards
 
 
 @dataclass
@@ -90,6 +90,9 @@ class BorealisDataModule(L.LightningDataModule):
         seed: base seed of every shuffle, mixture and augmentation draw.
         augmentation: the augmentation curriculum (stages of waveform effects + SpecAugment);
             null trains on clean audio. `callbacks.AugmentationScheduler` switches its stages.
+        allow_overlap: train even when a benchmark of `val_sets` shares audio or a transcript
+            with a training pool or the text pool. By default `fit` refuses to start, naming
+            the pools, the counts and example keys (`borealis.shards.check_overlap`).
         prompt_builder: linked from the model by the CLI (tokenizer + audio geometry).
     """
 
@@ -98,7 +101,7 @@ class BorealisDataModule(L.LightningDataModule):
                  batching: Batching | None = None, val_batching: Batching | None = None,
                  batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
                  max_seconds: float = 30.0, num_workers: int = 2, val_num_workers: int | None = None, seed: int = 0,
-                 augmentation: AugmentationPipeline | None = None,
+                 augmentation: AugmentationPipeline | None = None, allow_overlap: bool = False,
                  prompt_builder: PromptBuilder | None = None) -> None:
         super().__init__()
         if not 0.0 <= text_ratio < 1.0:
@@ -115,6 +118,7 @@ class BorealisDataModule(L.LightningDataModule):
         self.batches_per_epoch, self.shuffle_buffer = batches_per_epoch, shuffle_buffer
         self.min_seconds, self.max_seconds = min_seconds, max_seconds
         self.num_workers, self.seed = num_workers, seed
+        self.allow_overlap = allow_overlap
         self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
         if min(num_workers, self.val_num_workers) < 0:
             raise ValueError(f"num_workers and val_num_workers must be >= 0, got {num_workers} and {val_num_workers}")
@@ -194,7 +198,23 @@ class BorealisDataModule(L.LightningDataModule):
         for name, spec in sets[1].items():
             if name not in self.benchmarks:  # benchmarks are read strictly: every listed shard must exist
                 probe(f"{sets[0]}.{name}", spec, keep_missing=False)
+        if stage == "fit" and self.val_sets and not self.allow_overlap and not problems:
+            problems += self._overlap_problems()
         return problems
+
+    def _overlap_problems(self) -> list[tuple[str, Exception]]:
+        """A benchmark of `val_sets` that shares audio or a transcript with a training pool or the
+        text pool (`borealis.shards.check_overlap`), as one problem; checked once every source
+        exists. Cost: the first time per pool, decoding it (its fingerprints are then cached
+        beside its shards); after that, reading the caches and comparing (seconds)."""
+        train = {pool.name: pool.shards for pool in self.train_pools}
+        if self.text_pool and self.text_ratio > 0:
+            train["text_pool"] = self.text_pool
+        try:
+            check_overlap(train, self.val_sets, hint="Or set data.allow_overlap: true to train anyway.")
+        except ValueError as err:
+            return [("data.val_sets", err)]
+        return []
 
     def set_epoch(self, epoch: int) -> None:
         if self.train_stream is not None:
