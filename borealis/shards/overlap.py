@@ -41,6 +41,8 @@ summaries have cosine >= 0.89 (a pair at 0.89 shares some table's key with proba
 Transcripts compare exactly after `metrics.normalize_text` (case, punctuation, ё/е): the
 normalised `text`, or for chats and instructions every turn as "role: text". Text-only
 samples compare by transcript only; clips under ~0.8 s (MIN_FRAMES) by transcript only.
+Limit: ~1 s phrases that differ in one word, spoken alike, can pass the bar (the full demo
+corpus has one such pair, "one seven" ~ "nine seven", at 0.82 against 0.79).
 
 Where fingerprints live: a sidecar `fingerprints.npz` beside each pool's shards, one entry
 per shard keyed by its sha256 from index.json (size and mtime for shards no index lists),
