@@ -50,7 +50,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, WhisperConfig
 
-from borealis.callbacks import NonFiniteSteps, PredictionWriter, RngState
+from borealis.callbacks import LearningCurve, NonFiniteSteps, PredictionWriter, RngState
 from borealis.features import num_mel_frames
 from borealis.metrics import (
     average_wer,
@@ -192,7 +192,7 @@ class BorealisLightningModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The callbacks every run of this module needs (Lightning adds them to the trainer's)."""
-        return [self.non_finite_steps, RngState(), PredictionWriter(self.hparams.report_dir)]
+        return [self.non_finite_steps, RngState(), PredictionWriter(self.hparams.report_dir), LearningCurve(self.hparams.report_dir)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {f"model.{n}" for n in self.model.trainable_parameter_names()}
