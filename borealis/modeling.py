@@ -28,6 +28,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperModel
 from borealis.hf_remote import modeling_borealis as inference
 from borealis.hf_remote.configuration_borealis import BorealisConfig, check_encoder_window
 from borealis.hf_remote.modeling_borealis import run_encoder, shared_prefix_length
+from borealis.loss import label_cross_entropy
 from borealis.prompts import AUDIO_END, AUDIO_START, AUDIO_TOKEN, IGNORE_INDEX, add_audio_tokens
 
 log = logging.getLogger(__name__)
@@ -196,27 +198,51 @@ class BorealisForConditionalGeneration(inference.BorealisForConditionalGeneratio
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
              waveforms: torch.Tensor | None = None, audio_lengths: torch.Tensor | None = None,
-             input_features: torch.Tensor | None = None) -> torch.Tensor:
+             input_features: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+             reduction: Literal["mean", "sum", "none"] = "mean", chunk_tokens: int | None = None) -> torch.Tensor:
         """`forward(...).loss`, with logits computed only where a label is (the training step's path).
 
         Why: the causal LM's own forward projects every position onto the vocabulary and casts
         those logits to float32 for the loss: at Qwen3-4B (151,936 x 2,560) that is 0.78 GFLOP
         and 0.6 MB per position, for a 505-token row 0.3 GB, of which only the transcript
         (~100 positions) carries loss. Here the decoder's hidden states of the labelled
-        positions alone go through the LM head. Equal to `forward(...).loss` (mean next-token
-        cross-entropy over the labelled tokens; tests/test_modeling.py). LMs whose head does
-        more than a linear map (logit soft-capping, scaling) take the forward path.
+        positions alone go through the LM head (`loss.label_cross_entropy`; `chunk_tokens` of
+        them at a time when set). Equal to `forward(...).loss` (mean next-token cross-entropy
+        over the labelled tokens; tests/test_modeling.py). LMs whose head does more than a
+        linear map (logit soft-capping, scaling) take the forward path.
+
+        Args:
+            input_ids / labels / attention_mask / waveforms / audio_lengths / input_features:
+                as `forward`.
+            position_ids: (B, L) for packed rows (`data.collate` with `Batching.pack`): each
+                sample's positions restart at 0; with `attention_mask` None the LLM confines
+                attention to each sample (a block-diagonal mask for sdpa/eager, the varlen
+                kernel for flash-attention).
+            reduction: "mean" over the labelled tokens, "sum" (float32), or "none": (N,) one
+                loss per labelled token in row-major order (plain path, for tests and analysis).
+            chunk_tokens: labelled positions per LM-head chunk (`loss.label_cross_entropy`).
         """
         llm_config = self.llm.config
         if any(getattr(llm_config, name, None) for name in ("final_logit_softcapping", "logit_scale")):
+            if reduction != "mean" or position_ids is not None:
+                raise ValueError(f"{type(self.llm).__name__} post-processes its logits: its loss is the causal LM's "
+                                 f"own forward, which supports reduction='mean' without packed rows only")
             return self(input_ids, attention_mask, labels, waveforms, audio_lengths, input_features).loss
         embeds = self.embed(input_ids, waveforms, audio_lengths, input_features)
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                         use_cache=False).last_hidden_state  # (B, L, H)
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX  # (B, L - 1): position t predicts token t + 1
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])  # (labels, V)
-        return nn.functional.cross_entropy(logits.float(), targets[keep])
+        head = self.llm.get_output_embeddings()
+        if reduction == "mean" and chunk_tokens is None:
+            logits = head(hidden[:, :-1][keep])  # (labels, V)
+            return nn.functional.cross_entropy(logits.float(), targets[keep])
+        if reduction == "none":
+            return nn.functional.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep], reduction="none")
+        if head.bias is not None:
+            raise ValueError("chunked label loss needs an LM head without bias")
+        total = label_cross_entropy(hidden[:, :-1][keep], head.weight, targets[keep], chunk_tokens)
+        return total if reduction == "sum" else total / keep.sum().clamp(min=1)
 
     # ------------------------------------------------------------------ LoRA
     def merge_lora(self) -> None:
@@ -230,6 +256,44 @@ class BorealisForConditionalGeneration(inference.BorealisForConditionalGeneratio
                 setattr(self.llm.get_submodule(parent_name) if parent_name else self.llm, child,
                         module.get_base_layer())
         self.config.lora = None
+
+    def compute_lora_in_autocast_dtype(self, enabled: bool = True) -> int:
+        """Stop peft casting each LoRA input to the LoRA weights' dtype; returns the LoRA layers set.
+
+        Why: under bf16 autocast peft casts every LoRA layer's bf16 input to the float32 LoRA
+        weights (an activation-sized copy), and autocast casts it back to bf16 for the matmul:
+        two activation copies per adapted projection per forward (252 at Qwen3-4B with 7
+        targets x 36 layers; 22% of GPU time in one H100 profile, BENCHMARKS.md). With the
+        cast off the input stays in the autocast dtype and only the LoRA weights are cast,
+        once per forward (autocast's cache: r x H each, independent of the tokens), while
+        the optimizer keeps them, and their gradients, in float32. Only valid under autocast
+        (`precision: bf16-mixed` / `16-mixed`): without it a bf16 input would meet float32
+        weights. `BorealisLightningModule.configure_model` sets it for mixed precision.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.llm.modules() if isinstance(m, LoraLayer)]
+        for module in layers:
+            module.cast_input_dtype_enabled = not enabled
+        return len(layers)
+
+    def checkpoint_decoder_layers(self, every: int) -> int:
+        """Activation checkpointing on every `every`-th decoder layer of the LLM (0: none); returns
+        how many layers were wrapped. A wrapped layer keeps only its input for backward and runs
+        its forward again there (~1/3 more decoder FLOPs when every layer is wrapped)."""
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing,
+                                                                                 checkpoint_wrapper)
+
+        if every < 0:
+            raise ValueError(f"model.activation_checkpointing must be >= 0 (0: off, k: every k-th decoder layer), "
+                             f"got {every}")
+        if every == 0:
+            return 0
+        layers = self.llm.get_decoder().layers
+        chosen = {id(layer) for i, layer in enumerate(layers) if i % every == 0}
+        apply_activation_checkpointing(self.llm, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                       check_fn=lambda m: id(m) in chosen)
+        return len(chosen)
 
     def trainable_parameter_names(self) -> list[str]:
         """Reference names of the parameters that train (what a checkpoint must hold), also
