@@ -34,12 +34,13 @@ best-by-WER checkpoint of a run that went on shows its own history. A checkpoint
 this callback falls back to the fit folder the evaluation's run name gives
 (`<fit version>-validate-<ckpt>-<n>`, see `cli.evaluation_version`). A step logged twice (a
 resumed fit logs again the steps after its checkpoint) keeps its latest value: the trajectory
-that led to the final weights. A fit without a TensorBoardLogger, or whose folders are gone,
-draws what exists (at least the evaluation's point) and says what was missing in its one
-info line; it never fails the run.
+that led to the final weights. An evaluation whose fit folders are gone (or that had none) draws
+what exists (at least its own point) and says what was missing in its one info line; a fit
+without a TensorBoardLogger writes no figure and says so. Neither fails the run.
 
-Cost: at the end of a run only: reading the event files (~1 s for the ~2k points of a 90k-step
-run logged every 50 steps) and drawing one PNG (matplotlib, Agg; ~1 s).
+Cost: at the end of a run only, on rank 0. A 90k-step run logged every 50 steps (1,800 loss
+points, 20 validations of 6 benchmarks, two more scalar tags) reads in 0.1 s and draws in 0.2 s
+(matplotlib, Agg; its import included) on 2 shared CPU cores.
 Installed by `BorealisLightningModule.configure_callbacks`.
 """
 
@@ -221,8 +222,10 @@ class LearningCurve(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        notes = [] if _tensorboard(trainer) else ["the fit has no TensorBoardLogger, so no logged history"]
-        self._write(trainer, None, None, notes)
+        if not self.runs:  # nothing to draw: no files, rather than an empty figure in the root folder
+            log.info("learning curve: not drawn: the fit has no TensorBoardLogger, whose event files are its source")
+            return
+        self._write(trainer, None, None, [])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
