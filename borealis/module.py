@@ -25,6 +25,19 @@
   validation never runs it: the row does not change while Borealis trains.
 * The training loss comes from `model.loss` (logits of the labelled positions only) unless
   `label_logits_only: false` (the causal LM's own forward, logits at every position).
+* The loss of an optimizer step does not depend on how its samples are split into
+  micro-batches, accumulation steps and ranks (`loss_normalization: step`): each micro-batch
+  backpropagates its summed token loss, and before the optimizer step (before clipping) the
+  gradients are multiplied by accumulate x world / N, N the label tokens of the whole step
+  all-reduced over the ranks (Lightning divides by accumulate and DDP/FSDP average over the
+  ranks, so the result is the gradient of the step's token mean). On one device with
+  accumulate 1 that is the batch's token mean, computed as before. Cost: one all-reduce of
+  one number per optimizer step. tests/test_loss_normalisation.py holds 4 x 1, 1 x accumulate
+  4 and 2 gloo ranks x 2 to the same gradient.
+* Under mixed precision (`bf16-mixed`, `16-mixed`) LoRA runs in the autocast dtype: peft's
+  per-layer input cast to the float32 LoRA weights is off
+  (`modeling.BorealisForConditionalGeneration.compute_lora_in_autocast_dtype`); weights,
+  gradients and AdamW state stay float32.
 * Checkpoints hold the trainable weights (LoRA + adapter, ~0.55B at 5B shapes) plus
   optimizer/scheduler state, never the frozen base; loading checks the key set exactly
   (`modeling.check_trainable_state`). Hyperparameters are plain types, so checkpoints load
@@ -68,7 +81,7 @@ from borealis.modeling import (
     check_trainable_state,
     load_init_weights,
 )
-from borealis.prompts import AUDIO_START, DEFAULT_SYSTEM_PROMPT, PromptBuilder
+from borealis.prompts import AUDIO_START, DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, PromptBuilder
 from borealis.shards import SAMPLE_RATE, ReadErrors
 from borealis.spec_augment import SpecAugment
 from borealis.whisper_baseline import PROMPT_TOKENS, WhisperBaseline
@@ -130,6 +143,20 @@ class BorealisLightningModule(L.LightningModule):
             checkpoint without decoder weights or tokenizer is skipped with one log line.
         whisper_baseline_max_new_tokens: the baseline's generation limit per clip (null: as
             many as Whisper's decoder allows after its 4 prompt tokens: 444 for large-v3).
+        loss_normalization: `step`: every label token of an optimizer step weighs the same,
+            however its samples are split into micro-batches, accumulation steps and ranks
+            (see above); `micro_batch`: each micro-batch's token mean weighs the same (the
+            seed's rule; a short transcript in a small micro-batch counts more). The two are
+            identical on one device with accumulate 1.
+        loss_chunk_tokens: the label-only loss projects this many labelled positions onto the
+            vocabulary at a time, with the gradients computed in the same pass
+            (`loss.label_cross_entropy`; Liger's fused kernel on CUDA when `liger-kernel` is
+            installed), so labels x vocabulary float32 logits never exist at once. null: all
+            at once. Needs `label_logits_only`.
+        activation_checkpointing: recompute every k-th decoder layer of the LLM in backward
+            instead of keeping its activations (0: off, 1: every layer, k: every k-th;
+            `modeling.BorealisForConditionalGeneration.checkpoint_decoder_layers`). Under
+            FSDP use the strategy's `checkpoint_layers` instead (both at once is an error).
     """
 
     def __init__(self, encoder: str, llm: str, downsample_factor: int = 4,
@@ -141,8 +168,21 @@ class BorealisLightningModule(L.LightningModule):
                  min_lr_ratio: float = 0.1, system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 128,
                  report_dir: str | None = None, max_skipped_steps: int = 10, skipped_steps_window: int = 100,
                  init_from: str | None = None, label_logits_only: bool = True, whisper_baseline: bool = True,
-                 whisper_baseline_max_new_tokens: int | None = None) -> None:
+                 whisper_baseline_max_new_tokens: int | None = None,
+                 loss_normalization: Literal["step", "micro_batch"] = "step", loss_chunk_tokens: int | None = None,
+                 activation_checkpointing: int = 0) -> None:
         super().__init__()
+        problems = []
+        if loss_chunk_tokens is not None and loss_chunk_tokens < 1:
+            problems.append(f"model.loss_chunk_tokens={loss_chunk_tokens}: must be >= 1, or null for one pass")
+        if loss_chunk_tokens is not None and not label_logits_only:
+            problems.append("model.loss_chunk_tokens needs model.label_logits_only: true (the causal LM's own "
+                            "forward computes logits at every position)")
+        if activation_checkpointing < 0:
+            problems.append(f"model.activation_checkpointing={activation_checkpointing}: must be >= 0 (0: off, k: "
+                            f"every k-th decoder layer)")
+        if problems:
+            raise ValueError("; ".join(problems))
         self.non_finite_steps = NonFiniteSteps(max_skipped_steps, skipped_steps_window)  # validates them
         check_encoder_window(encoder_window, trim_audio_tokens)
         self.save_hyperparameters()
@@ -171,6 +211,7 @@ class BorealisLightningModule(L.LightningModule):
         self.mask_generator: torch.Generator | None = None  # SpecAugment's draws; saved by callbacks.RngState
         self._data_errors: torch.Tensor | None = None  # this rank's totals of batch["data_errors"]
         self._data_errors_all: torch.Tensor | None = None  # the totals over all ranks, as last reduced
+        self._step_label_tokens: torch.Tensor | None = None  # this rank's label tokens in the current optimizer step
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -187,6 +228,14 @@ class BorealisLightningModule(L.LightningModule):
             if p.requires_grad:
                 p.data = p.data.float()
         self.model.train()  # from_pretrained leaves parts in eval mode; LoRA dropout must be live
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if hp.activation_checkpointing and getattr(strategy, "_activation_checkpointing_kwargs", None):
+            raise ValueError("model.activation_checkpointing and the FSDP strategy's checkpoint_layers both "
+                             "checkpoint the decoder layers: set model.activation_checkpointing: 0 under FSDP")
+        self.model.checkpoint_decoder_layers(hp.activation_checkpointing)
+        precision = str(self._trainer.precision) if self._trainer is not None else ""
+        if hp.lora and precision.endswith("-mixed"):
+            self.model.compute_lora_in_autocast_dtype()
         rank_zero_info(f"Borealis: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
                        f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
 
@@ -225,7 +274,10 @@ class BorealisLightningModule(L.LightningModule):
             datamodule.set_epoch(self.current_epoch)
 
     def _model_inputs(self, batch: dict) -> dict:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
+        if batch.get("position_ids") is not None:  # packed rows (`data.collate_packed`)
+            inputs["position_ids"] = batch["position_ids"]
+        return inputs
 
     def _masked_features(self, batch: dict) -> dict:
         """Model inputs with SpecAugment applied to the log-mel (training only)."""
@@ -240,11 +292,40 @@ class BorealisLightningModule(L.LightningModule):
         inputs["input_features"] = self.spec_augment(mel, num_mel_frames(lengths), self.mask_generator)
         return inputs
 
+    def _step_normalised(self) -> bool:
+        """Whether the loss is normalised over the optimizer step (more than one micro-batch or rank)."""
+        trainer = self.trainer
+        return (self.hparams.loss_normalization == "step"
+                and trainer.accumulate_grad_batches * trainer.world_size > 1)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         inputs = self._masked_features(batch)
-        loss = self.model.loss(**inputs) if self.hparams.label_logits_only else self.model(**inputs).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["keys"]))
-        return loss
+        hp = self.hparams
+        if not self._step_normalised():  # one micro-batch per step: its token mean is the step's
+            loss = (self.model.loss(**inputs, chunk_tokens=hp.loss_chunk_tokens) if hp.label_logits_only
+                    else self.model(**inputs).loss)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["keys"]))
+            return loss
+        tokens = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()  # the tokens the loss sums over, on the device
+        if hp.label_logits_only:
+            total = self.model.loss(**inputs, reduction="sum", chunk_tokens=hp.loss_chunk_tokens)
+        else:  # transformers' loss: summed, then divided by num_items_in_batch
+            total = self.model(**inputs, num_items_in_batch=torch.ones((), device=tokens.device)).loss
+        self._step_label_tokens = tokens if self._step_label_tokens is None else self._step_label_tokens + tokens
+        self.log("train/loss", total.detach() / tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["keys"]))
+        return total  # scaled in on_before_optimizer_step
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Scale the step's summed-loss gradients to its token mean over all micro-batches and ranks."""
+        if self._step_label_tokens is None:
+            return
+        trainer = self.trainer
+        total = trainer.strategy.reduce(self._step_label_tokens.float(), reduce_op="sum")
+        factor = trainer.accumulate_grad_batches * trainer.world_size / total.clamp(min=1)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, factor.to(grads[0].device))
+        self._step_label_tokens = None
 
     def _log_data_errors(self, batch: dict) -> None:
         """Log the training stream's skipped/lost samples and unreadable/damaged shards as
