@@ -216,7 +216,9 @@ class LearningCurve(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        if logger is not None and (run := str(Path(logger.log_dir).resolve())) not in self.runs:
+        if not trainer.is_global_zero or logger is None:  # rank 0 writes the events and the checkpoints
+            return
+        if (run := str(Path(logger.log_dir).resolve())) not in self.runs:
             self.runs.append(run)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
