@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +33,8 @@ from tqdm import tqdm
 from borealis.corpora import (AUDIO_SUFFIXES, commonvoice_items, folder_items, hf_items, jsonl_items,
                               librispeech_items, list_audio_files)
 from borealis.ingest import CLIP_KINDS, build_pool, summary_line
-from borealis.shards.format import REPORT_NAME, SAMPLE_RATE, ShardError, list_shards, read_index
+from borealis.shards import remote
+from borealis.shards.format import INDEX_NAME, REPORT_NAME, SAMPLE_RATE, ShardError, list_shards, read_index
 from borealis.shards.overlap import OverlapReport, find_overlaps
 from borealis.shards.reader import SampleRef, index_samples, read_sample
 from borealis.shards.verify import DURATION_BINS, find_pools, inspect_pool, totals
@@ -222,14 +224,19 @@ def _pool_parents() -> tuple[argparse.ArgumentParser, ...]:
     """The option groups the formats share: (pool, split, speech durations, source, language)."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("pool")
-    g.add_argument("--output", type=Path, required=True,
+    g.add_argument("--output", type=_output, required=True,
                    help="pool folder to write (an old pool there is replaced); with --split, the parent of one "
-                        "pool per split")
+                        "pool per split. A URL (s3://bucket/pool, gs://..., any writable fsspec protocol; needs "
+                        "its extra, e.g. pip install borealis[s3]) builds in a local staging folder, then uploads "
+                        "the shards and index.json last")
     g.add_argument("--max-samples", type=_positive, default=2000, help="samples per shard at most")
     g.add_argument("--max-bytes", type=_size, default=512 * 2**20, help="bytes per shard at most (e.g. 512M)")
     g.add_argument("--workers", type=_positive, default=1,
                    help="processes that decode, resample and encode audio (output is identical for any value)")
     g.add_argument("--strict", action="store_true", help="exit 1 if any item is rejected")
+    g.add_argument("--staging", type=Path, default=None, metavar="DIR",
+                   help="with a URL --output: where the pool is built before the upload (default: a temporary "
+                        "folder; needs the pool's size in free space)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("-v", "--verbose", action="store_true", help="log every rejection")
     split = argparse.ArgumentParser(add_help=False)
@@ -309,8 +316,34 @@ def _add_formats(build: argparse.ArgumentParser) -> None:
     p.set_defaults(error=p.error, run=_run_folder, folder=True)
 
 
+def _output(text: str) -> Path | str:
+    """--output: a local folder (a `file://` URL is one), or a writable URL."""
+    if text.startswith("pipe:"):
+        raise argparse.ArgumentTypeError(f"{text!r}: pipe: URLs are read-only; write to a folder or an "
+                                         "fsspec URL (s3://, gs://, ...)")
+    return text if remote.is_url(text) else Path(remote.local_path(text))
+
+
 def _build(args: argparse.Namespace) -> int:
-    """`borealis shards build FORMAT ...`; the exit code: 1 under --strict when anything was rejected."""
+    """`borealis shards build FORMAT ...`; the exit code: 1 under --strict when anything was rejected.
+    To a URL: built in a staging folder (`--staging`, default a temporary one), then uploaded
+    (`remote.publish_pool`: index.json last)."""
+    if not isinstance(args.output, str):
+        return _build_local(args)
+    url = args.output
+    with tempfile.TemporaryDirectory(prefix="borealis-build-", dir=args.staging) as staging:
+        args.output = Path(staging) / "pool"
+        code = _build_local(args, uploaded_to=url)
+        try:
+            written = remote.publish_pool(args.output, url)
+        except (OSError, ValueError, ImportError) as e:
+            print(f"--output {url}: upload failed, nothing of the new pool is listed there: {e}", file=sys.stderr)
+            return 1
+        print(f"  uploaded {len(written)} file(s) to {url} ({INDEX_NAME} last)")
+    return code
+
+
+def _build_local(args: argparse.Namespace, uploaded_to: str | None = None) -> int:
     exists = {True: args.input.is_dir(), False: args.input.is_file(), None: args.input.exists() or "*" in str(args.input)}
     if not exists[args.folder]:
         args.error(f"--input {args.input} is not {({True: 'a folder', False: 'a file'}).get(args.folder, 'found')}")
@@ -327,7 +360,7 @@ def _build(args: argparse.Namespace) -> int:
         print(f"  {reason}: {report['rejected'][reason]}, e.g. {where + ': ' if where else ''}{first['detail']}")
     if report.get("ignored"):
         print(f"  ignored (not read): e.g. {', '.join(report['ignored_files'][:5])}")
-    print(f"  report: {Path(report['output']) / REPORT_NAME}")
+    print(f"  report: {uploaded_to.rstrip('/') + '/' + REPORT_NAME if uploaded_to else Path(report['output']) / REPORT_NAME}")
     if args.strict and report["num_rejected"]:
         print(f"--strict: {report['num_rejected']} item(s) rejected", file=sys.stderr)
         return 1
@@ -425,7 +458,8 @@ def play(pools: Sequence[Path], key: str, out: Path) -> int:
 
 def _add_inspect_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="a pool folder, a glob, or a folder searched recursively for pools")
+                        help="a pool folder, a glob, or a folder searched recursively for pools; or a pool URL "
+                             "(s3://, gs://, http(s)://, any fsspec protocol, pipe:CMD with {name})")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the figures (and any problems) to FILE as JSON")
     parser.add_argument("--verify", action="store_true",
@@ -463,8 +497,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if (args.benchmarks or args.workers > 1) and not args.overlap:
         parser.error("--benchmarks and --workers need --overlap")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    pools: list[Path] = []
-    benchmarks: list[Path] = []
+    pools: list[Path | str] = []
+    benchmarks: list[Path | str] = []
     for spec, into in [(x, pools) for x in args.paths] + [(x, benchmarks) for x in args.benchmarks]:
         try:
             into += [p for p in find_pools(spec) if p not in into]
@@ -478,13 +512,13 @@ def _inspect(args: argparse.Namespace) -> int:
     for pool in pools:
         try:
             expected += read_index(pool)["num_samples"]
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             pass  # reported by inspect_pool
     stats = []
     with tqdm(total=expected, unit="sample", desc="verify" if args.verify else "list", leave=False,
               disable=args.no_progress) as bar:
         for pool in pools:
-            bar.set_postfix_str(pool.name)
+            bar.set_postfix_str(str(pool).rstrip("/").rsplit("/", 1)[-1])
             stats.append(inspect_pool(pool, verify=args.verify, bar=bar))
             tqdm.write("\n".join(format_block(stats[-1])), file=sys.stdout)
     total = totals(stats)

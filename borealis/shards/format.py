@@ -168,19 +168,33 @@ def decode_sample(raw: dict, shard: str = "?") -> dict:
 
 
 def read_index(pool_dir: str | Path) -> dict:
-    """Load and check a pool's `index.json` (`pool_dir` may also be the index file itself).
+    """Load and check a pool's `index.json` (`pool_dir` may also be the index file itself, or a
+    pool URL: see `remote.read_remote_index`).
 
     Raises:
         FileNotFoundError: no index.json there.
         ValueError: the file is not a valid index; the message names the path and every problem.
     """
-    path = Path(pool_dir)
+    from borealis.shards import remote
+
+    if remote.is_url(pool_dir):
+        return remote.read_remote_index(str(pool_dir))
+    path = Path(remote.local_path(pool_dir))
     if path.is_dir():
         path = path / INDEX_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no shard index at {path} (expected {INDEX_NAME} written by ShardWriter)")
+    return parse_index(path.read_bytes(), str(path))
+
+
+def parse_index(data: bytes, path: str) -> dict:
+    """Check the bytes of an `index.json` read from `path` (named in the errors); the index.
+
+    Raises:
+        ValueError: not a valid index; the message names the path and every problem.
+    """
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(index, dict):
@@ -208,11 +222,14 @@ def read_index(pool_dir: str | Path) -> dict:
 
 
 
-def list_shards(spec: str | Path, *, keep_missing: bool = False) -> list[Path]:
-    """Shard paths of a pool folder, a single tar, or a glob pattern.
+def list_shards(spec: str | Path, *, keep_missing: bool = False) -> list[Path] | list[str]:
+    """Shard paths of a pool folder, a single tar, or a glob pattern; shard URLs of a URL.
 
     A folder with `index.json` gives the index's order (every listed shard must exist);
-    without one, its sorted `shard-*.tar`. A glob gives its sorted matches.
+    without one, its sorted `shard-*.tar`. A glob gives its sorted matches. A URL
+    (s3://, gs://, http(s)://, any fsspec protocol, `pipe:CMD`; see `remote.list_remote`) gives
+    the shard URLs its index.json lists, unchecked: a shard that is not there is found when
+    it is fetched (skipped and counted by the training stream, an error for a benchmark).
 
     Args:
         spec: a pool folder, a .tar file or a glob.
@@ -222,8 +239,14 @@ def list_shards(spec: str | Path, *, keep_missing: bool = False) -> list[Path]:
 
     Raises:
         FileNotFoundError: naming `spec`, when nothing matches or listed shards are missing.
+        OSError (`remote.FetchError`): a URL pool's index.json unreachable after the retries.
+        ValueError: an invalid index.json.
     """
-    p = Path(spec)
+    from borealis.shards import remote
+
+    if remote.is_url(spec):
+        return remote.list_remote(str(spec))
+    p = Path(remote.local_path(spec))
     if p.is_dir():
         if (p / INDEX_NAME).is_file():
             paths = [p / s["name"] for s in read_index(p)["shards"]]
@@ -248,23 +271,36 @@ def list_shards(spec: str | Path, *, keep_missing: bool = False) -> list[Path]:
 
 
 
-def shard_sample_counts(paths: Sequence[str | Path]) -> list[int | None]:
-    """Each shard's `num_samples` from the index.json beside it; None where no index lists it.
+def shard_entries(paths: Sequence[str | Path]) -> list[dict | None]:
+    """Each shard's entry in its pool's index.json ({"name", "num_samples", "sha256", "bytes",
+    ...}); None where no index lists it.
 
-    A skipping reader passes them to `iter_shard(expected=...)` to count what a damaged shard
-    lost. Reads each folder's index once; an invalid index counts as none (with a warning).
+    Local shards: the index.json beside them (each folder's read once; an invalid index counts
+    as none, with a warning). URLs: the entries `list_shards` read.
     """
-    by_folder: dict[Path, dict[str, int]] = {}
-    counts: list[int | None] = []
-    for path in map(Path, paths):
+    from borealis.shards import remote
+
+    by_folder: dict[Path, dict[str, dict]] = {}
+    entries: list[dict | None] = []
+    for spec in paths:
+        if remote.is_url(spec):
+            entries.append(remote.index_entry(str(spec)))
+            continue
+        path = Path(spec)
         folder = path.parent
         if folder not in by_folder:
             by_folder[folder] = {}
             if (folder / INDEX_NAME).is_file():
                 try:
-                    by_folder[folder] = {s["name"]: int(s["num_samples"]) for s in read_index(folder)["shards"]}
+                    by_folder[folder] = {s["name"]: s for s in read_index(folder)["shards"]}
                 except (ValueError, TypeError) as e:
                     log.warning("%s; damaged shards in %s report no lost-sample count", e, folder)
-        counts.append(by_folder[folder].get(path.name))
-    return counts
+        entries.append(by_folder[folder].get(path.name))
+    return entries
 
+
+def shard_sample_counts(paths: Sequence[str | Path]) -> list[int | None]:
+    """Each shard's `num_samples` from its pool's index.json (`shard_entries`); None where no
+    index lists it. A skipping reader passes them to `iter_shard(expected=...)` to count what
+    a damaged shard lost."""
+    return [None if e is None else int(e["num_samples"]) for e in shard_entries(paths)]

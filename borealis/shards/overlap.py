@@ -75,7 +75,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from borealis.shards.format import INDEX_NAME, SAMPLE_RATE, list_shards, log, read_index
+from borealis.shards import remote
+from borealis.shards.format import INDEX_NAME, SAMPLE_RATE, list_shards, log, read_index, shard_entries
 from borealis.shards.reader import ReadErrors, iter_shard
 
 WINDOW, HOP = 4096, 512  # samples at 16 kHz: 256 ms frames every 32 ms
@@ -289,8 +290,11 @@ def pool_prints(spec: str | Path, *, progress: bool = True, workers: int = 1) ->
     progress bar), in `workers` processes (one shard each at a time), and the sidecar is
     rewritten; shards read with damage are not cached, so they are read again next time.
     """
-    paths = list_shards(spec, keep_missing=True)
-    paths = [p for p in paths if p.is_file()] or list_shards(spec)  # missing shards: as training skips them
+    if remote.is_url(spec):
+        paths = _local_copies(str(spec))
+    else:
+        paths = list_shards(spec, keep_missing=True)
+        paths = [p for p in paths if p.is_file()] or list_shards(spec)  # missing shards: as training skips them
     ids = _shard_ids(paths)
     by_folder: dict[Path, list[Path]] = {}
     for p in paths:
@@ -315,6 +319,24 @@ def pool_prints(spec: str | Path, *, progress: bool = True, workers: int = 1) ->
         for p in shards:
             out.setdefault(p, cached.get((p.name, ids[p])))
     return Prints.concat([out[p] for p in paths])
+
+
+def _local_copies(url: str) -> list[Path]:
+    """The shards of the pool at `url` as verified local copies (the node's shard cache, whose
+    folder then holds the fingerprint sidecar, or this process's scratch folder); a shard that
+    cannot be fetched is skipped with a warning, as training skips it."""
+    copies = []
+    fetcher = remote.default_fetcher()
+    urls = list_shards(url, keep_missing=True)
+    for shard, entry in zip(urls, shard_entries(urls)):
+        try:
+            copies.append(fetcher.local_copy(shard, sha256=(entry or {}).get("sha256"),
+                                             size=(entry or {}).get("bytes")))
+        except OSError as e:
+            log.warning("overlap check: skipping shard %s, which cannot be fetched (%s)", shard, e)
+    if not copies:
+        raise FileNotFoundError(f"no shard of {url} could be fetched (the warnings above say why)")
+    return copies
 
 
 def _index_counts(folder: Path, shards: Sequence[Path]) -> int | None:

@@ -215,8 +215,23 @@ def _decoded(raw: dict, shard: str, on_error: ReadErrors | None) -> dict | None:
         return None
 
 
+def _open(path: str | Path, fetcher: Any, entry: dict | None) -> tuple[Any, str]:
+    """(a binary file at offset 0, the shard's name): a local file, or for a URL a local,
+    verified copy fetched against the sha256 and size of its index.json entry (`entry`, else
+    the one `list_shards` read; `remote.ShardFetcher.open`)."""
+    from borealis.shards import remote
+
+    if remote.is_url(path):
+        url = str(path)
+        entry = entry or remote.index_entry(url) or {}
+        fetcher = fetcher or remote.default_fetcher()
+        return fetcher.open(url, sha256=entry.get("sha256"), size=entry.get("bytes")), url
+    local = remote.local_path(path)
+    return open(local, "rb"), str(path)  # noqa: SIM115 (the caller closes it)
+
+
 def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected: int | None = None,
-               part: int = 0, parts: int = 1) -> Iterator[dict]:
+               part: int = 0, parts: int = 1, fetcher: Any = None, entry: dict | None = None) -> Iterator[dict]:
     """Stream the decoded samples of one tar shard, in file order (see `decode_sample`).
 
     Members are grouped into samples by webdataset's `group_by_keys` (consecutive members
@@ -237,11 +252,19 @@ def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected
             i % parts == part, for readers sharing a shard; the others are not decoded.
             Positions count damaged samples too, so the parts stay disjoint whatever is skipped.
         parts: the number of readers sharing the shard.
+        fetcher: for a URL (`remote.is_url`), the `remote.ShardFetcher` that fetches it (None:
+            the process default). The shard is fetched whole to a local file and verified
+            against its index.json sha256 and size before its first sample is decoded; one
+            that cannot be fetched after the retries is skipped like a local shard that
+            cannot be opened, counted as damaged when bytes arrived before the last failure
+            (a stream that broke or stalled mid-shard, a checksum mismatch), else unreadable.
+        entry: for a URL, its index.json entry (`format.shard_entries`), whose sha256 and
+            size the fetched bytes must match (None: the entry `list_shards` read, if any).
 
     Raises:
         ValueError: `part` is not in [0, parts).
-        FileNotFoundError: the shard does not exist (other OSErrors of `open` pass too);
-            only with on_error=None.
+        FileNotFoundError: the shard does not exist (other OSErrors of `open` pass too, and
+            `remote.FetchError` for a URL); only with on_error=None.
         ShardError: a truncated or corrupt tar, a key that appears twice, or a sample that
             does not decode; the message names the shard and the key. Only with on_error=None.
     """
@@ -249,7 +272,7 @@ def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected
         raise ValueError(f"iter_shard: part must be in [0, parts), got part={part}, parts={parts}")
     shard = str(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; FileNotFoundError stays itself)
+        f, shard = _open(path, fetcher, entry)  # FileNotFoundError stays itself
         try:
             stream = tarfile.open(fileobj=f, mode="r|")
         except BaseException:
@@ -261,7 +284,10 @@ def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected
                 raise
             raise ShardError(f"not a readable tar ({type(e).__name__}: {e})", shard=shard) from e
         lost = _owned(0, expected or 0, part, parts)
-        on_error.unreadable_shards += int(part == 0)  # readers sharing a shard count it once
+        broken = getattr(e, "partial", False)  # a fetch that broke mid-shard: damaged, not unreadable
+        # readers sharing a shard count it once
+        on_error.damaged_shards += int(part == 0 and broken)
+        on_error.unreadable_shards += int(part == 0 and not broken)
         on_error.lost_samples += lost
         on_error.warn(shard, f"skipping shard {shard}: cannot read it ({type(e).__name__}: {e}); "
                       + (f"{lost} sample(s) lost" if expected is not None else "its samples are lost"))
@@ -307,16 +333,27 @@ class SampleRef:
     members: dict[str, tuple[int, int]] = field(hash=False)
 
 
-def index_samples(paths: Sequence[str | Path]) -> list[SampleRef]:
+def index_samples(paths: Sequence[str | Path], *, fetcher: Any = None) -> list[SampleRef]:
     """Scan tar headers (no data is read) and return every sample's location, in file order.
+
+    A URL is first fetched to a verified local copy (`remote.ShardFetcher.local_copy`: the
+    node's cache, or this process's scratch folder), which the refs then point at.
 
     Raises:
         FileNotFoundError: a shard does not exist.
+        OSError (`remote.FetchError`): a URL could not be fetched after the retries.
         ShardError: a corrupt or truncated tar (also one cut at a member boundary), a key that
             appears twice in one shard, a duplicate member, or a sample without `.json`.
     """
+    from borealis.shards import remote
+
     refs: list[SampleRef] = []
     for path in paths:
+        if remote.is_url(path):
+            entry = remote.index_entry(str(path)) or {}
+            path = (fetcher or remote.default_fetcher()).local_copy(str(path), sha256=entry.get("sha256"),
+                                                                    size=entry.get("bytes"))
+        path = remote.local_path(path)
         shard = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"shard {shard} does not exist")

@@ -27,6 +27,7 @@ import bisect
 import hashlib
 import json
 import math
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from glob import glob, has_magic
 from pathlib import Path
 from typing import Any
 
+from borealis.shards import remote
 from borealis.shards.format import (AUDIO_EXTS, INDEX_NAME, REPORT_NAME, SHARD_PATTERN, ShardError, decode_sample,
                                     log, read_index)
 from borealis.shards.reader import SampleRef, index_samples, read_sample
@@ -80,10 +82,14 @@ def find_pools(spec: str | Path) -> list[Path]:
     index is still found, so `--verify` can say so). A glob match that is a file
     (`index.json`, `shard-*.tar`) names its folder.
 
+    A URL (`remote.is_url`) names one pool: its index.json is read when it is inspected.
+
     Raises:
         FileNotFoundError: naming `spec`, when it does not exist or holds no pool.
     """
     text = str(spec)
+    if remote.is_url(text):
+        return [text]  # type: ignore[list-item]
     if has_magic(text):
         matches = [Path(m) for m in sorted(glob(text, recursive=True))]
         if not matches:
@@ -255,7 +261,9 @@ def inspect_pool(pool: str | Path, *, verify: bool = False, bar: Any = None) -> 
     """The figures of one pool and every problem found on the way.
 
     Args:
-        pool: the pool folder.
+        pool: the pool folder, or a pool URL: copied to a temporary folder first
+            (`remote.mirror_pool`, one pool's size on local disk), then checked the same way;
+            the figures and problems name the URL.
         verify: also check sizes and sha256, decode every sample, and compare the counts,
             tasks and summed durations with `index.json`; without it only the `.json`
             members are read.
@@ -267,6 +275,8 @@ def inspect_pool(pool: str | Path, *, verify: bool = False, bar: Any = None) -> 
         samples with audio), "text_only", "mean_duration", "max_duration" (s, over samples
         with audio), "build_report" (or None), "verified", "problems" (list of `Problem`)}.
     """
+    if remote.is_url(pool):
+        return _inspect_url(str(pool), verify=verify, bar=bar)
     pool = Path(pool)
     name = str(pool)
     problems: list[Problem] = []
@@ -318,6 +328,21 @@ def inspect_pool(pool: str | Path, *, verify: bool = False, bar: Any = None) -> 
         "verified": verify,
         "problems": problems,
     }
+
+
+def _inspect_url(url: str, *, verify: bool, bar: Any) -> dict:
+    with tempfile.TemporaryDirectory(prefix="borealis-inspect-") as tmp:
+        local = Path(tmp) / "pool"
+        try:
+            failed = remote.mirror_pool(url, local)
+        except (OSError, ValueError) as e:  # no index.json there, or unreachable
+            local.mkdir(parents=True, exist_ok=True)
+            failed = [f"cannot read it: {e}"]
+        stats = inspect_pool(local, verify=verify, bar=bar)
+    stats["pool"] = url
+    stats["problems"] = [Problem(url, p.problem.replace(str(local), url), p.shard, p.key) for p in stats["problems"]]
+    stats["problems"] += [Problem(url, f"not fetched: {text}") for text in failed]
+    return stats
 
 
 def verify_pool(pool_dir: str | Path) -> dict:
