@@ -29,6 +29,7 @@ from borealis.data.windows import WindowSet, encoder_window_seconds
 from borealis.inference import expand_paths
 from borealis.prompts import PromptBuilder
 from borealis.shards import check_overlap, list_shards
+from borealis.shards.remote import RemoteSettings, ShardFetcher, configure
 
 
 @dataclass
@@ -93,6 +94,12 @@ class BorealisDataModule(L.LightningDataModule):
         allow_overlap: train even when a benchmark of `val_sets` shares audio or a transcript
             with a training pool or the text pool. By default `fit` refuses to start, naming
             the pools, the counts and example keys (`borealis.shards.check_overlap`).
+        cache_dir: node-local folder caching shards read from URLs (s3://, gs://, http(s)://,
+            pipe:), shared by every worker and rank of the node: a shard fetched once is kept
+            by its index.json sha256, verified at each use and fetched again when corrupt
+            (null: each shard is fetched into a temporary file every time it is read).
+        cache_max_gb: size cap of `cache_dir` in GB; least recently used shards are evicted.
+        remote: retries, timeouts and fsspec storage options for shards at URLs.
         prompt_builder: linked from the model by the CLI (tokenizer + audio geometry).
     """
 
@@ -102,7 +109,8 @@ class BorealisDataModule(L.LightningDataModule):
                  batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
                  max_seconds: float = 30.0, num_workers: int = 2, val_num_workers: int | None = None, seed: int = 0,
                  augmentation: AugmentationPipeline | None = None, allow_overlap: bool = False,
-                 prompt_builder: PromptBuilder | None = None) -> None:
+                 cache_dir: str | None = None, cache_max_gb: float = 100.0,
+                 remote: RemoteSettings = RemoteSettings(), prompt_builder: PromptBuilder | None = None) -> None:
         super().__init__()
         if not 0.0 <= text_ratio < 1.0:
             raise ValueError(f"text_ratio must be in [0, 1), got {text_ratio}")
@@ -123,6 +131,8 @@ class BorealisDataModule(L.LightningDataModule):
         if min(num_workers, self.val_num_workers) < 0:
             raise ValueError(f"num_workers and val_num_workers must be >= 0, got {num_workers} and {val_num_workers}")
         self.augmentation = augmentation
+        self.fetcher = ShardFetcher(remote, cache_dir, cache_max_gb)
+        configure(self.fetcher)  # benchmarks, noise/IR pools and the checks read URLs through it
         self.prompt_builder = prompt_builder
         self.train_stream: MixtureStream | None = None
         self._train_loader: ResumableLoader | None = None  # the one Lightning iterates: its position is saved
@@ -147,7 +157,7 @@ class BorealisDataModule(L.LightningDataModule):
                 self.train_pools, prompts, self.batching, text_shards=self.text_pool, text_ratio=self.text_ratio,
                 batches_per_epoch=self.batches_per_epoch, shuffle_buffer=self.shuffle_buffer,
                 min_seconds=self.min_seconds, max_seconds=self.max_seconds, seed=self.seed, rank=rank,
-                world_size=world, augmentation=self.augmentation)
+                world_size=world, augmentation=self.augmentation, fetcher=self.fetcher)
         if stage == "predict" and self.predict.files and self.windows is None:
             files = expand_paths(self.predict.files)[rank::world]  # whole files per rank: windows merge locally
             self.windows = self.predict.windows(files, prompts)
@@ -180,7 +190,7 @@ class BorealisDataModule(L.LightningDataModule):
         def probe(key: str, spec: str, *, keep_missing: bool) -> None:
             try:
                 list_shards(spec, keep_missing=keep_missing)
-            except (FileNotFoundError, ValueError) as err:
+            except (OSError, ValueError) as err:  # OSError: a URL pool unreachable after the retries
                 problems.append((key, err))
 
         if stage == "fit":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from borealis.prompts import chat_problem
-from borealis.shards import ReadErrors, ShardError, iter_shard, list_shards, shard_sample_counts
+from borealis.shards import ReadErrors, ShardError, iter_shard, list_shards, shard_entries
 
 
 @dataclass
@@ -35,7 +35,8 @@ class Pool:
 
     Args:
         name: label used in logs and batch accounting.
-        shards: a pool folder (with index.json) or a glob of .tar shards.
+        shards: a pool folder (with index.json) or a glob of .tar shards, or a pool URL
+            (s3://, gs://, http(s)://, any fsspec protocol, `pipe:CMD`; see `shards.list_shards`).
         weight: relative share among the speech pools (positive).
         start_epoch: the pool joins the mixture from this epoch on (a data curriculum: e.g.
             one language first, then both). Weights are renormalised over the active pools.
@@ -63,23 +64,26 @@ class PoolShards:
     """A pool as the stream reads it: its shards listed, with index.json's sample counts.
 
     Shards the index lists but that are missing are kept: they are skipped and counted per
-    pass. `order_tag` is the last entry of the pool's shard-order seed
+    pass. `shards` are paths, or URLs fetched (and verified against `entries`) when read. `order_tag` is the last entry of the pool's shard-order seed
     [seed, epoch, cycle, order_tag]: the pool's position among the speech pools, and for the
     text pool the position after the last of them.
     """
 
     name: str
-    shards: list[Path]
+    shards: list[Path] | list[str]
     counts: list[int | None]  # index.json sample counts per shard, so a damaged shard can report what it lost
     order_tag: int
     weight: float = 1.0
     start_epoch: int = 0
+    entries: list[dict | None] | None = None  # index.json entries (sha256, bytes) per shard
 
     @classmethod
     def listed(cls, name: str, spec: str, order_tag: int, *, weight: float = 1.0,
                start_epoch: int = 0) -> PoolShards:
         shards = list_shards(spec, keep_missing=True)
-        return cls(name, shards, shard_sample_counts(shards), order_tag, weight, start_epoch)
+        entries = shard_entries(shards)
+        counts = [None if e is None else int(e["num_samples"]) for e in entries]
+        return cls(name, shards, counts, order_tag, weight, start_epoch, entries)
 
 
 def slot_units(num_shards: int, num_slots: int, slot: int) -> list[tuple[int, int, int]]:
@@ -146,8 +150,10 @@ def read_pass(pool: PoolShards, stats: ReadErrors, *, seed: int = 0, slot: int =
     """
     order = np.random.default_rng([seed, epoch, cycle, pool.order_tag]).permutation(len(pool.shards))
     shards, counts = [pool.shards[i] for i in order], [pool.counts[i] for i in order]
+    entries = [pool.entries[i] for i in order] if pool.entries is not None else [None] * len(order)
     for shard_idx, part, parts in slot_units(len(shards), slots, slot):
-        samples = iter_shard(shards[shard_idx], on_error=stats, expected=counts[shard_idx], part=part, parts=parts)
+        samples = iter_shard(shards[shard_idx], on_error=stats, expected=counts[shard_idx], part=part, parts=parts,
+                             entry=entries[shard_idx])
         yield from _trainable(samples, pool.name, stats)
 
 

@@ -45,6 +45,7 @@ from borealis.data.pools import Pool, PoolShards, pool_samples
 from borealis.data.resume import replay, worker_role
 from borealis.prompts import PromptBuilder
 from borealis.shards import SAMPLE_RATE, ReadErrors
+from borealis.shards.remote import ShardFetcher, configure
 
 
 class RngStream(IntEnum):
@@ -94,12 +95,16 @@ class MixtureStream(IterableDataset):
     skipped since its previous batch, counted as `shards.ReadErrors.names` (skipped and lost
     samples, unreadable and damaged shards). Workers cannot share counters with the main
     process, so the counts travel with the data.
+
+    Pools at URLs are fetched by `fetcher` (retries, timeouts, the node's shard cache), made
+    the default of each worker process, so the augmentation's noise and IR pools use it too.
     """
 
     def __init__(self, pools: Sequence[Pool], prompts: PromptBuilder, batching: Batching, *,
                  text_shards: str | None = None, text_ratio: float = 0.0, batches_per_epoch: int = 1000,
                  shuffle_buffer: int = 1000, min_seconds: float = 0.0, max_seconds: float = 30.0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, augmentation: AugmentationPipeline | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, augmentation: AugmentationPipeline | None = None,
+                 fetcher: ShardFetcher | None = None) -> None:
         if not any(p.start_epoch <= 0 for p in pools):
             raise ValueError(f"no training pool starts at epoch 0 (start_epoch: {[p.start_epoch for p in pools]})")
         self.pools = [PoolShards.listed(p.name, p.shards, i, weight=p.weight, start_epoch=p.start_epoch)
@@ -112,6 +117,7 @@ class MixtureStream(IterableDataset):
         self.shuffle_buffer, self.min_seconds, self.max_seconds = shuffle_buffer, min_seconds, max_seconds
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.augmentation = augmentation
+        self.fetcher = fetcher
         self.epoch = torch.zeros(1, dtype=torch.long).share_memory_()  # read by workers at each epoch start
         # (epoch, batches of it the trainer consumed) to resume at; epoch -1: none. Shared, like `epoch`.
         self.resume = torch.tensor([-1, 0], dtype=torch.long).share_memory_()
@@ -149,6 +155,8 @@ class MixtureStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.fetcher is not None:
+            configure(self.fetcher)
         epoch = int(self.epoch.item())
         offset = self.consumed(epoch)
         if offset >= self.batches_per_epoch:  # resumed past the end: nothing left of this epoch
