@@ -5,6 +5,7 @@
     borealis export ...                      a Hugging Face directory from a `borealis fit` checkpoint
     borealis demo ...                        the demo corpus and tiny pretrained bases (`borealis.demo`)
     borealis ablate run|report ...           the seed's grid of overlays, one table + heatmap (`borealis.ablate`)
+    borealis tune-batch --config ...         the largest packed token budget that fits a GPU (`borealis.tune_batch`)
 
 Why: the first word picks the command before LightningCLI sees the arguments, and each
 command imports what it needs only when it runs, so `borealis shards --help` answers in a
@@ -49,7 +50,7 @@ class MissingPathError(ConfigError, FileNotFoundError):
 
 
 USAGE = """\
-usage: borealis {fit,validate,test,predict,shards,export,demo,ablate} ...
+usage: borealis {fit,validate,test,predict,shards,export,demo,ablate,tune-batch} ...
 
 Train audio-language models and prepare their data.
 
@@ -62,6 +63,7 @@ commands:
   export      write a Hugging Face model directory from a checkpoint
   demo        build the demo corpus and the tiny pretrained bases it trains on
   ablate      run the grid of overlays (fit + validate each), then one WER table + heatmap beside the seed's
+  tune-batch  the largest packed token budget per GPU that trains without running out of memory
 
 `borealis COMMAND --help` describes a command's options.
 """
@@ -161,7 +163,13 @@ def _ablate(argv: Sequence[str]) -> int:
     return ablate_main(argv)
 
 
-COMMANDS = {"shards": _shards, "export": export_main, "demo": _demo, "ablate": _ablate}
+def _tune_batch(argv: Sequence[str]) -> int:
+    from borealis.tune_batch import main as tune_main  # builds the model on the GPU
+
+    return tune_main(argv)
+
+
+COMMANDS = {"shards": _shards, "export": export_main, "demo": _demo, "ablate": _ablate, "tune-batch": _tune_batch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
