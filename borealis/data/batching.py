@@ -75,6 +75,20 @@ class Batching:
         if problems:
             raise ValueError("batching: " + "; ".join(problems))
 
+    @classmethod
+    def of(cls, value: Batching | dict | None, key: str, default: Batching) -> Batching:
+        """A `Batching` from a config mapping (or one already built; None: `default`); unknown
+        keys and bad values raise a ValueError naming `key`."""
+        if value is None or isinstance(value, Batching):
+            return default if value is None else value
+        unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {list(cls.__dataclass_fields__)}")
+        try:
+            return cls(**value)
+        except ValueError as err:
+            raise ValueError(f"{key}: {str(err).removeprefix('batching: ')}") from err
+
     def cut(self, items: Sequence[dict]) -> list[list[dict]]:
         """Split length-sorted items into batches within the budget (packed: see `pack_rows`)."""
         if self.pack:

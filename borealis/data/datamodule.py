@@ -78,7 +78,10 @@ class BorealisDataModule(L.LightningDataModule):
         text_ratio: share of text-only samples in training (the seed: 10-15% helps, 25% hurts).
         val_sets: benchmark name -> shards; one validation dataloader each, scored exactly once.
         predict: what `borealis predict` runs on: benchmark sets and audio files (`PredictSettings`).
-        batching: training batch composition.
+        batching: training batch composition: `data.Batching`'s fields as a mapping, e.g.
+            `{batch_size: 12}` or `{pack: true, max_tokens_per_batch: 8192, max_tokens_per_row:
+            4096}`. A mapping, so that a later config file or flag replaces it whole instead of
+            merging its keys into an earlier one's (two budgets would conflict).
         val_batching: validation/predict batch composition.
         batches_per_epoch: training batches per rank per epoch (all ranks run the same number).
         shuffle_buffer: samples held per pool and worker for shuffling.
@@ -105,7 +108,7 @@ class BorealisDataModule(L.LightningDataModule):
 
     def __init__(self, train_pools: list[Pool] | None = None, text_pool: str | None = None, text_ratio: float = 0.0,
                  val_sets: dict[str, str] | None = None, predict: PredictSettings = PredictSettings(),
-                 batching: Batching | None = None, val_batching: Batching | None = None,
+                 batching: dict | Batching | None = None, val_batching: Batching | None = None,
                  batches_per_epoch: int = 1000, shuffle_buffer: int = 1000, min_seconds: float = 0.1,
                  max_seconds: float = 30.0, num_workers: int = 2, val_num_workers: int | None = None, seed: int = 0,
                  augmentation: AugmentationPipeline | None = None, allow_overlap: bool = False,
@@ -121,7 +124,7 @@ class BorealisDataModule(L.LightningDataModule):
         self.val_sets = dict(val_sets or {})
         self.predict = predict
         self.windows: WindowSet | None = None  # predict.files, cut into windows
-        self.batching = batching or Batching(batch_size=8)
+        self.batching = Batching.of(batching, "data.batching", Batching(batch_size=8))
         self.val_batching = val_batching or Batching(batch_size=16)
         self.batches_per_epoch, self.shuffle_buffer = batches_per_epoch, shuffle_buffer
         self.min_seconds, self.max_seconds = min_seconds, max_seconds
