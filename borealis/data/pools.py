@@ -17,8 +17,10 @@ Cost: a few dict lookups per sample on top of the ~2 ms FLAC decode.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 
 from borealis.prompts import chat_problem
 from borealis.shards import ReadErrors, ShardError, iter_shard, list_shards, shard_entries
+from borealis.shards.reader import prefetch
 
 
 @dataclass
@@ -132,7 +135,8 @@ def read_pass(pool: PoolShards, stats: ReadErrors, *, seed: int = 0, slot: int =
     duration filter and the shuffle buffer.
 
     The shards are dealt to the slots by `slot_units` in the cycle's seeded order, so
-    over all slots every readable sample comes once. Damaged samples and shards, and
+    over all slots every readable sample comes once. A shard at a URL is fetched while the
+    one before it is decoded (one shard ahead, one background thread). Damaged samples and shards, and
     samples whose metadata cannot be trained on (`sample_problem`), are skipped with a
     warning naming them and counted in `stats`.
 
@@ -151,10 +155,21 @@ def read_pass(pool: PoolShards, stats: ReadErrors, *, seed: int = 0, slot: int =
     order = np.random.default_rng([seed, epoch, cycle, pool.order_tag]).permutation(len(pool.shards))
     shards, counts = [pool.shards[i] for i in order], [pool.counts[i] for i in order]
     entries = [pool.entries[i] for i in order] if pool.entries is not None else [None] * len(order)
-    for shard_idx, part, parts in slot_units(len(shards), slots, slot):
-        samples = iter_shard(shards[shard_idx], on_error=stats, expected=counts[shard_idx], part=part, parts=parts,
-                             entry=entries[shard_idx])
-        yield from _trainable(samples, pool.name, stats)
+    units = slot_units(len(shards), slots, slot)
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as executor:  # fetches the next URL shard
+        ahead = prefetch(executor, shards[units[0][0]], entry=entries[units[0][0]]) if units else None
+        try:
+            for k, (shard_idx, part, parts) in enumerate(units):
+                fetched, ahead = ahead, None
+                if k + 1 < len(units):
+                    ahead = prefetch(executor, shards[units[k + 1][0]], entry=entries[units[k + 1][0]])
+                samples = iter_shard(shards[shard_idx], on_error=stats, expected=counts[shard_idx], part=part,
+                                     parts=parts, entry=entries[shard_idx], fetched=fetched)
+                yield from _trainable(samples, pool.name, stats)
+        finally:  # a pass left early: drop the shard fetched ahead
+            if ahead is not None and not ahead.cancel():
+                with contextlib.suppress(Exception):  # its fetch failed: nothing to close
+                    ahead.result().close()
 
 
 def _trainable(samples: Iterable[dict], pool: str, stats: ReadErrors) -> Iterator[dict]:

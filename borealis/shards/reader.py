@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,19 @@ def _open(path: str | Path, fetcher: Any, entry: dict | None) -> tuple[Any, str]
     return open(local, "rb"), str(path)  # noqa: SIM115 (the caller closes it)
 
 
+def prefetch(executor: Executor, path: str | Path, *, fetcher: Any = None, entry: dict | None = None) -> Future | None:
+    """For a URL, start fetching it on `executor` (the next shard while the current one is
+    decoded) and return the future for `iter_shard(fetched=)`; None for a local path."""
+    from borealis.shards import remote
+
+    if not remote.is_url(path):
+        return None
+    return executor.submit(lambda: _open(path, fetcher, entry)[0])
+
+
 def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected: int | None = None,
-               part: int = 0, parts: int = 1, fetcher: Any = None, entry: dict | None = None) -> Iterator[dict]:
+               part: int = 0, parts: int = 1, fetcher: Any = None, entry: dict | None = None,
+               fetched: Future | None = None) -> Iterator[dict]:
     """Stream the decoded samples of one tar shard, in file order (see `decode_sample`).
 
     Members are grouped into samples by webdataset's `group_by_keys` (consecutive members
@@ -260,6 +272,8 @@ def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected
             (a stream that broke or stalled mid-shard, a checksum mismatch), else unreadable.
         entry: for a URL, its index.json entry (`format.shard_entries`), whose sha256 and
             size the fetched bytes must match (None: the entry `list_shards` read, if any).
+        fetched: for a URL, a future of its fetch started ahead (`prefetch`), used instead
+            of fetching it now; its FetchError counts as the fetch's own would.
 
     Raises:
         ValueError: `part` is not in [0, parts).
@@ -272,7 +286,7 @@ def iter_shard(path: str | Path, *, on_error: ReadErrors | None = None, expected
         raise ValueError(f"iter_shard: part must be in [0, parts), got part={part}, parts={parts}")
     shard = str(path)
     try:
-        f, shard = _open(path, fetcher, entry)  # FileNotFoundError stays itself
+        f, shard = (fetched.result(), str(path)) if fetched is not None else _open(path, fetcher, entry)
         try:
             stream = tarfile.open(fileobj=f, mode="r|")
         except BaseException:
