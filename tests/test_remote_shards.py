@@ -86,7 +86,7 @@ def http(tmp_path):
     srv.root, srv.lock, srv.release = root, threading.Lock(), threading.Event()
     srv.gets, srv.faults, srv.always = Counter(), {}, {}
     srv.url = lambda rel="": f"http://127.0.0.1:{srv.server_port}/{rel}"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.release.set()
