@@ -162,3 +162,16 @@ def test_naive_splice_equals_the_batched_one(tiny_model):
         torch.testing.assert_close(
             bench.naive_embed(tiny_model, batch["input_ids"], batch["waveforms"], batch["audio_lengths"]),
             tiny_model.embed(batch["input_ids"], batch["waveforms"], batch["audio_lengths"]))
+
+
+def test_suite_tiny_cpu_rows_share_samples_and_report_ratios(tmp_path):
+    out = tmp_path / "suite.json"
+    bench.main(["--suite", "--tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--suite-samples", "2",
+                "--seconds", "2", "--text-tokens", "8", "--json", str(out)])
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == bench.SUITE_ROWS
+    assert rows["seed"]["micro_batches"] == 2 and rows["packed"]["micro_batches"] == 1  # batch 1 vs one packed batch
+    assert rows["seed"]["speedup"] == 1.0
+    for r in rows.values():
+        assert r["samples"] == 2 and r["step_ms"] > 0 and math.isfinite(r["loss"]) and r["tokens_per_sec"] > 0
+    assert rows["packed"]["padding_share"] <= rows["seed"]["padding_share"] + 0.1  # packing adds at most the row tail

@@ -26,6 +26,9 @@ Each row adds one change to the row above; speed-up = samples/s over the first r
                     to the window, so the encoder skips the padding too.
     borealis        the LM head on the labelled positions only (`modeling.loss`, what the
                     training step runs), not on every position.
+    packed          several samples per row (`data.Batching.pack`): rows of --max-tokens-per-row
+                    tokens cut by the token budget --max-tokens-per-batch (whatever --budget
+                    says for the rows above), each sample with its own positions and attention.
 Columns: LLM pad % (pad tokens / padded tokens), + silent slots % (also counting audio slots
 past the end of their clip: real tokens to the LLM, but silence), enc pad % (encoder frames
 past the end of each clip), GFLOP (`flops.step_flops`, useful work only), samples/s, audio-s/s,
@@ -400,6 +403,7 @@ class Pipeline:
     batched_splice: bool
     encoder_window: str = "full"
     label_logits: bool = False
+    packing: bool = False
 
 
 PIPELINES = [
@@ -410,6 +414,8 @@ PIPELINES = [
     Pipeline("encoder_window", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch"),
     Pipeline("borealis", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch",
              label_logits=True),
+    Pipeline("packed", trim_audio_tokens=True, bucketing=True, batched_splice=True, encoder_window="batch",
+             label_logits=True, packing=True),
 ]
 PIPELINE_NAMES = [p.name for p in PIPELINES]
 
@@ -459,7 +465,11 @@ def plan_batches(pipeline: Pipeline, items: list[dict], batch_size: int, budget:
 
     if not pipeline.bucketing:
         return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    batching = Batching(**budget, bucket_size=bucket_size)
+    if pipeline.packing:
+        batching = Batching(max_tokens_per_batch=budget["max_tokens_per_batch"], pack=True,
+                            max_tokens_per_row=budget["max_tokens_per_row"], bucket_size=bucket_size)
+    else:
+        batching = Batching(**{k: v for k, v in budget.items() if k != "max_tokens_per_row"}, bucket_size=bucket_size)
     batches = []
     for start in range(0, len(items), bucket_size):
         batches += batching.cut(sorted(items[start:start + bucket_size], key=batching.size))
@@ -484,7 +494,7 @@ def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration, la
         t = model.encoder_frames(b["waveforms"].shape[-1])
         frames_run += t * len(b["audio_samples"])
         frames_used += sum(min(-(-n // HOP_LENGTH) / 2, t) for n in b["audio_samples"])
-        flops += step_flops(model.config, b["row_tokens"], len(b["audio_samples"]), t,
+        flops += step_flops(model.config, b["seq_tokens"], len(b["audio_samples"]), t,
                             label_tokens=sum(b["label_tokens"]) if label_logits else None).total
     return {"batches": len(batches), "llm_tokens": tokens, "llm_padding_share": (padded - tokens) / padded,
             "llm_waste_share": (padded - tokens + slots - heard) / padded,
@@ -507,6 +517,8 @@ def run_pipeline(pipeline: Pipeline, samples: list[dict], settings: dict, args: 
     items = [encode_sample(s, prompts) for s in samples]
     budget = ({"max_seconds_per_batch": args.max_seconds_per_batch} if args.budget == "seconds"
               else {"max_tokens_per_batch": args.max_tokens_per_batch})
+    if pipeline.packing:  # packing cuts by tokens: the same token budget, in rows of --max-tokens-per-row
+        budget = {"max_tokens_per_batch": args.max_tokens_per_batch, "max_tokens_per_row": args.max_tokens_per_row}
     batches = [collate(b, prompts.pad_token_id)
                for b in plan_batches(pipeline, items, args.batch_size, budget, args.bucket_size)]
     stats = batch_stats(batches, model, pipeline.label_logits)
@@ -515,6 +527,8 @@ def run_pipeline(pipeline: Pipeline, samples: list[dict], settings: dict, args: 
 
     def step(batch: dict) -> float:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths")}
+        if batch.get("position_ids") is not None:  # packed rows
+            inputs["position_ids"] = batch["position_ids"]
         if pipeline.label_logits:
             loss = model.loss(**inputs)  # what BorealisLightningModule.training_step runs
         elif pipeline.batched_splice:
@@ -618,6 +632,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         args.max_tokens_per_batch = args.batch_size * tokens["demo"]["max_untrimmed_tokens"]
     if args.max_seconds_per_batch is None:
         args.max_seconds_per_batch = args.batch_size * data.get("max_seconds", 30.0)
+    if args.max_tokens_per_row is None:  # a quarter of the budget, never shorter than the longest sample
+        args.max_tokens_per_row = max(args.max_tokens_per_batch // 4, tokens["demo"]["max_untrimmed_tokens"])
     rows = []
     for i, pipeline in enumerate([p for p in PIPELINES if p.name in args.pipelines], 1):
         log.info("[%d/%d] %s", i, len(args.pipelines), pipeline)
@@ -646,10 +662,169 @@ def format_demo(report: dict) -> str:
         out.append(f"  {name}: {t['samples']} samples, mean {t['mean_seconds']:.2f} s: {u['llm_tokens']:.1f} "
                    f"({u['audio_tokens']:.1f}) -> {m['llm_tokens']:.1f} ({m['audio_tokens']:.1f}), "
                    f"{u['llm_tokens'] / m['llm_tokens']:.2f}x fewer")
+    named = {r["pipeline"]: r for r in rows}
+    if "packed" in named and "borealis" in named:
+        p, b = named["packed"], named["borealis"]
+        out.append(f"packed vs borealis (bucketing): {p['samples_per_sec']:.1f} vs {b['samples_per_sec']:.1f} samples/s, "
+                   f"{p['samples_per_sec'] / b['samples_per_sec']:.2f}x; LLM padding {100 * p['llm_padding_share']:.1f}% "
+                   f"vs {100 * b['llm_padding_share']:.1f}%; {p['mean_batch']:.1f} vs {b['mean_batch']:.1f} samples per step")
     last = rows[-1]
     out.append(f"bench_train demo on cpu: {last['pipeline']} {last['samples_per_sec']:.1f} samples/s vs "
                f"{base['pipeline']} {base['samples_per_sec']:.1f}: {last['samples_per_sec'] / base['samples_per_sec']:.2f}x; "
                f"LLM padding {100 * last['llm_padding_share']:.1f}% vs {100 * base['llm_padding_share']:.1f}%")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- suite: seed-style step vs ours, alternating
+SUITE_ROWS = ["seed", "today", "packed", "packed_fsdp_ckpt"]
+
+
+def suite_items(config: BorealisConfig, count: int, seconds: float, text_tokens: int) -> list[dict]:
+    """`count` encoded samples at `seconds`, transcripts of text_tokens/2 .. 3*text_tokens/2 tokens (seeded)."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(count):
+        text = max(1, text_tokens // 2 + int(torch.randint(0, text_tokens + 1, (1,), generator=g)))
+        b = synthetic_batch(config, 1, seconds, text, torch.device("cpu"))
+        items.append({"key": f"s{i}", "input_ids": b["input_ids"][0].tolist(), "labels": b["labels"][0].tolist(),
+                      "num_samples": int(b["audio_lengths"][0]), "audio": b["waveforms"][0].numpy()})
+    return items
+
+
+def run_suite(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """The --suite rows over the same samples per optimizer step, measured in alternating rounds.
+
+    seed     HF/peft defaults: LoRA dropout 0.05, peft's input casts, padded batch 1 accumulated over
+             the step's samples, the causal LM's own loss (logits at every position).
+    today    label-only loss, padded batches of --batch-size accumulated, peft defaults.
+    packed   one packed micro-batch (rows of --row-tokens), LoRA in the autocast dtype, dropout 0,
+             chunked label loss normalised by the step's label tokens.
+    packed_fsdp_ckpt  packed under FSDP (configs/distributed/fsdp.yaml's units) with activation
+             checkpointing of every decoder layer.
+    Each round runs one optimizer step of every row (the order rotating per round); the median
+    over rounds is reported, so drift on a shared machine cannot favour one row.
+    """
+    from borealis.data.batching import Batching, collate
+
+    config = (tiny_config if args.tiny else flagship_config)(False)
+    items = suite_items(config, args.suite_samples, args.seconds, args.text_tokens)
+    pad = 0
+    row = args.row_tokens or (512 if args.tiny else 4096)
+    packing = Batching(max_tokens_per_batch=row * args.suite_samples, pack=True, max_tokens_per_row=row)
+    plans = {"seed": [[it] for it in items],
+             "today": [items[i:i + args.batch_size] for i in range(0, len(items), args.batch_size)],
+             "packed": packing.cut(sorted(items, key=packing.size))}
+    plans["packed_fsdp_ckpt"] = plans["packed"]
+    rows = [r for r in SUITE_ROWS if r in args.suite_rows]
+    batches = {r: [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in collate(b, pad).items()}
+                   for b in plans[r]] for r in rows}
+    labels = sum(len(it["labels"]) - it["labels"].count(IGNORE_INDEX) - 1 for it in items)
+    model = build_model(config, device)
+    models = {r: model for r in rows if r != "packed_fsdp_ckpt"}
+    roots = {}
+    if "packed_fsdp_ckpt" in rows:
+        fsdp_model = build_model(config, device, torch.float32)
+        fsdp_model.compute_lora_in_autocast_dtype()
+        _set_lora_dropout(fsdp_model, 0.0)
+        roots["packed_fsdp_ckpt"] = wrap_fsdp(fsdp_model, device)
+        models["packed_fsdp_ckpt"] = fsdp_model
+    optimizers = {id(m): torch.optim.AdamW([p for p in (roots.get(r) or m).parameters() if p.requires_grad],
+                                           lr=LEARNING_RATE) for r, m in models.items()}
+    chunk = 1024
+
+    def step(name: str) -> float:
+        m = models[name]
+        if name in ("seed", "today"):
+            _set_lora_dropout(m, 0.05)
+            m.compute_lora_in_autocast_dtype(False)
+        elif name == "packed":
+            _set_lora_dropout(m, 0.0)
+            m.compute_lora_in_autocast_dtype(True)
+        params = [p for p in (roots.get(name) or m).parameters() if p.requires_grad]
+        total = 0.0
+        for b in batches[name]:
+            inputs = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "audio_lengths",
+                                        "position_ids") if b.get(k) is not None}
+            if name in roots:
+                loss = roots[name]({**inputs, "reduction": "sum", "chunk_tokens": chunk}) / labels
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    if name == "seed":
+                        loss = m(**inputs).loss / len(batches[name])
+                    elif name == "today":
+                        loss = m.loss(**inputs) / len(batches[name])
+                    else:
+                        loss = m.loss(**inputs, reduction="sum", chunk_tokens=chunk) / labels
+            loss.backward()
+            total += float(loss.detach())
+        if name in roots:
+            roots[name].clip_grad_norm_(GRAD_CLIP)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizers[id(m)].step()
+        optimizers[id(m)].zero_grad(set_to_none=True)
+        return total
+
+    times = {r: [] for r in rows}
+    peaks = {r: 0.0 for r in rows}
+    losses = {r: [] for r in rows}
+    for rnd in range(args.warmup + args.steps):
+        order = rows[rnd % len(rows):] + rows[:rnd % len(rows)]
+        for name in order:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            start = time.perf_counter()
+            losses[name].append(step(name))
+            _sync(device)
+            if rnd >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**30)
+        log.info("round %d/%d: %s", rnd + 1, args.warmup + args.steps,
+                 ", ".join(f"{n} {1e3 * times[n][-1]:.0f} ms" for n in rows if times[n]))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    seq = [len(it["input_ids"]) for it in items]
+    audio_s = len(items) * args.seconds
+    out = []
+    for name in rows:
+        step_s = statistics.median(times[name])
+        flops = step_flops(config, seq, len(items), label_tokens=None if name == "seed" else labels).total
+        out.append({"row": name, "micro_batches": len(batches[name]), "samples": len(items), "step_ms": 1e3 * step_s,
+                    "step_ms_all": [1e3 * t for t in times[name]], "tokens_per_sec": sum(seq) / step_s,
+                    "audio_sec_per_sec": audio_s / step_s, "tflops": flops / step_s / 1e12,
+                    "mfu": flops / step_s / (args.peak_tflops * 1e12), "loss": losses[name][-1],
+                    "padding_share": 1 - sum(seq) / sum(b["input_ids"].numel() for b in batches[name]),
+                    "peak_mem_gib": peaks[name] if device.type == "cuda" else None})
+    base = out[0]["step_ms"]
+    for r in out:
+        r["speedup"] = base / r["step_ms"]
+    return out
+
+
+def _set_lora_dropout(model: BorealisForConditionalGeneration, p: float) -> None:
+    """Every LoRA layer's dropout probability (0: `F.dropout` returns its input, no kernel)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.llm.modules():
+        if isinstance(module, LoraLayer):
+            for dropout in module.lora_dropout.values():
+                if isinstance(dropout, torch.nn.Dropout):
+                    dropout.p = p
+
+
+def format_suite(rows: list[dict], device_name: str) -> str:
+    header = ["row", "micro-batches", "step ms", "tok/s", "audio-s/s", "MFU %", "pad %", "peak GiB", "vs seed"]
+    lines = [[r["row"], str(r["micro_batches"]), f"{r['step_ms']:.1f}", f"{r['tokens_per_sec']:,.0f}",
+              f"{r['audio_sec_per_sec']:.1f}", f"{100 * r['mfu']:.3g}", f"{100 * r['padding_share']:.1f}",
+              _fmt(r["peak_mem_gib"], ".1f"), f"{r['speedup']:.2f}x"] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
+    out.append(f"bench_train suite on {device_name}: " + ", ".join(
+        f"{r['row']} {r['step_ms']:.1f} ms ({r['speedup']:.2f}x)" for r in rows) + " per optimizer step of "
+        f"{rows[0]['samples']} samples; ratios against the seed-style row, medians of alternating rounds")
     return "\n".join(out)
 
 
@@ -731,12 +906,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     demo.add_argument("--max-tokens-per-batch", type=int, default=None,
                       help="--budget tokens: padded LLM tokens per batch (default: batch size x the longest "
                            "untrimmed row, the reference batch's footprint)")
+    demo.add_argument("--max-tokens-per-row", type=int, default=None,
+                      help="the packed pipeline's row capacity (default: a quarter of --max-tokens-per-batch, at "
+                           "least the longest sample); it packs to --max-tokens-per-batch")
     demo.add_argument("--pipelines", nargs="+", choices=PIPELINE_NAMES, default=PIPELINE_NAMES,
                       help="pipelines to run, in the documented order; the first one run is the baseline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda[:N], cpu, or meta (build and count only; no timing). Default: cuda if available")
     parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=VARIANT_NAMES,
                         help="variants to run, in the documented order; the first one run is the baseline")
+    suite = parser.add_argument_group("--suite")
+    suite.add_argument("--suite", action="store_true",
+                       help="the seed-style step, today's, packed and packed under FSDP + checkpointing, in "
+                            "alternating rounds over the same samples (see run_suite); with --tiny on the CPU")
+    suite.add_argument("--suite-samples", type=int, default=16, help="samples per optimizer step")
+    suite.add_argument("--row-tokens", type=int, default=None, help="packed row capacity (default 4096; --tiny 512)")
+    suite.add_argument("--suite-rows", nargs="+", choices=SUITE_ROWS, default=SUITE_ROWS,
+                       help="rows to run; the first is the baseline of the ratios")
     parser.add_argument("--json", type=Path, help="write the settings and every row to this JSON file")
     args = parser.parse_args(argv)
     window = 30.0  # both configs' encoder window: 2 * 1500 mel frames * 10 ms
@@ -790,6 +976,18 @@ def main(argv: list[str] | None = None) -> dict:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2))
             log.info("wrote %s", args.json)
+        return report
+    if args.suite:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        rows = run_suite(args, device)
+        report = {"device": device_name, "torch": torch.__version__, "transformers": transformers.__version__,
+                  "shapes": "tiny" if args.tiny else "flagship", "settings": {k: str(v) if isinstance(v, Path) else v
+                                                                               for k, v in vars(args).items()},
+                  "rows": rows}
+        print(format_suite(rows, device_name))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2))
         return report
     if device.type == "cpu" and not args.tiny:
         log.warning("flagship shapes on the CPU: ~21 GB of RAM and minutes per step; --tiny is the CPU smoke run")
