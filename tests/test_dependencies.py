@@ -30,6 +30,13 @@ def _declared() -> dict[str, str]:
     return {_norm(re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0]): d for d in deps}
 
 
+def _extras() -> set[str]:
+    """Distributions of the optional extras (`dev` aside): normalised names, e.g. `liger-kernel`."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {_norm(re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0]) for name, deps in extras.items() if name != "dev"
+            for d in deps}
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -248,7 +255,8 @@ def test_installed_versions_satisfy_the_pins():
 def test_the_package_imports_only_what_it_declares():
     """Third-party imports anywhere in borealis/ (lazy ones too) are declared dependencies or
     named optional extras."""
-    optional = {"datasets"}  # `borealis shards build hf` (extra `hf`); s3fs/gcsfs load through fsspec by protocol
+    optional = _extras()  # e.g. datasets (`hf`), liger-kernel (`gpu`); s3fs/gcsfs load through fsspec by protocol
+    assert {"datasets", "liger-kernel"} <= optional, optional  # the lazy imports of shards/hf and loss.py
     owners = md.packages_distributions()
     stdlib = set(sys.stdlib_module_names)
     undeclared = set()
@@ -261,7 +269,7 @@ def test_the_package_imports_only_what_it_declares():
             else:
                 continue
             for top in {n.split(".")[0] for n in names}:
-                if top in stdlib or top in {"borealis", "__future__"} or top in optional:
+                if top in stdlib or top in {"borealis", "__future__"} or _norm(top) in optional:
                     continue
                 dists = {_norm(d) for d in owners.get(top, [top])}
                 if not dists & set(_declared()):
