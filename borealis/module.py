@@ -42,10 +42,11 @@
   optimizer/scheduler state, never the frozen base; loading checks the key set exactly
   (`modeling.check_trainable_state`). Hyperparameters are plain types, so checkpoints load
   with `torch.load(weights_only=True)`.
-* The module installs three callbacks of its own (`configure_callbacks`): skipping optimizer
+* The module installs four callbacks of its own (`configure_callbacks`): skipping optimizer
   steps with a non-finite loss or gradient (`callbacks.NonFiniteSteps`, configured by
   `max_skipped_steps` and `skipped_steps_window`), every rank's RNG states in checkpoints for
-  an exact resume (`callbacks.RngState`), and the prediction files (`callbacks.PredictionWriter`).
+  an exact resume (`callbacks.RngState`), the prediction files (`callbacks.PredictionWriter`)
+  and the learning curve beside wer.json (`callbacks.LearningCurve`).
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ class BorealisLightningModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The callbacks every run of this module needs (Lightning adds them to the trainer's)."""
-        return [self.non_finite_steps, RngState(), PredictionWriter(self.hparams.report_dir), LearningCurve(self.hparams.report_dir)]
+        return [self.non_finite_steps, RngState(), PredictionWriter(self.hparams.report_dir),
+                LearningCurve(self.hparams.report_dir)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {f"model.{n}" for n in self.model.trainable_parameter_names()}

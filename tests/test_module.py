@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from borealis.callbacks import NonFiniteSteps, PredictionWriter, RngState
+from borealis.callbacks import LearningCurve, NonFiniteSteps, PredictionWriter, RngState
 from borealis.modeling import LoraSettings
 from borealis.module import BorealisLightningModule
 
@@ -56,9 +56,10 @@ def test_learning_rate_warms_up_then_decays_to_its_floor(module):
 
 def test_module_installs_its_own_callbacks(module):
     first, again = module.configure_callbacks(), module.configure_callbacks()
-    assert [type(c) for c in first] == [NonFiniteSteps, RngState, PredictionWriter]
+    assert [type(c) for c in first] == [NonFiniteSteps, RngState, PredictionWriter, LearningCurve]
     assert first[0] is again[0]  # the skip counters outlive one trainer run
     assert first[2].folder == "reports"
+    assert first[3].folder == "reports"  # the learning curve goes beside wer.json
 
 
 def test_skip_settings_fail_naming_the_key(tiny_parts):
