@@ -298,7 +298,12 @@ class BorealisForConditionalGeneration(inference.BorealisForConditionalGeneratio
     def trainable_parameter_names(self) -> list[str]:
         """Reference names of the parameters that train (what a checkpoint must hold), also
         while FSDP wraps the layers."""
-        return [_unwrapped_name(_reference_name(n)) for n, p in self.named_parameters() if p.requires_grad]
+        return [checkpoint_name(n) for n, p in self.named_parameters() if p.requires_grad]
+
+
+def checkpoint_name(native: str) -> str:
+    """A parameter's name in checkpoints: the reference name, without peft's and the wrappers' path parts."""
+    return _unwrapped_name(_reference_name(native))
 
 
 # ---------------------------------------------------------------------- state-dict hooks

@@ -36,8 +36,12 @@
   4 and 2 gloo ranks x 2 to the same gradient.
 * Under mixed precision (`bf16-mixed`, `16-mixed`) LoRA runs in the autocast dtype: peft's
   per-layer input cast to the float32 LoRA weights is off
-  (`modeling.BorealisForConditionalGeneration.compute_lora_in_autocast_dtype`); weights,
-  gradients and AdamW state stay float32.
+  (`modeling.BorealisForConditionalGeneration.compute_lora_in_autocast_dtype`). Under
+  `bf16-mixed` (not FSDP, whose mixed-precision policy does its own) the LoRA factors and the
+  adapter's linears are also stored in bf16, so autocast casts none of them, while AdamW steps
+  float32 masters and checkpoints keep them (`mixed_precision.MasterWeights`: the float32-weights
+  trajectory bit for bit with one micro-batch per step; with accumulation the micro-batches'
+  gradients add in bf16).
 * Checkpoints hold the trainable weights (LoRA + adapter, ~0.55B at 5B shapes) plus
   optimizer/scheduler state, never the frozen base; loading checks the key set exactly
   (`modeling.check_trainable_state`). Hyperparameters are plain types, so checkpoints load
@@ -60,6 +64,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, WhisperConfig
@@ -74,12 +79,14 @@ from borealis.metrics import (
     word_errors,
     write_report,
 )
+from borealis.mixed_precision import MasterWeights, linear_only_parameters
 from borealis.modeling import (
     DTYPES,
     BorealisForConditionalGeneration,
     LoraSettings,
     check_encoder_window,
     check_trainable_state,
+    checkpoint_name,
     load_init_weights,
 )
 from borealis.prompts import AUDIO_START, DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, PromptBuilder
@@ -213,6 +220,7 @@ class BorealisLightningModule(L.LightningModule):
         self._data_errors: torch.Tensor | None = None  # this rank's totals of batch["data_errors"]
         self._data_errors_all: torch.Tensor | None = None  # the totals over all ranks, as last reduced
         self._step_label_tokens: torch.Tensor | None = None  # this rank's label tokens in the current optimizer step
+        self.master_weights: MasterWeights | None = None  # bf16-mixed: float32 masters of the bf16 linear weights
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -237,6 +245,9 @@ class BorealisLightningModule(L.LightningModule):
         precision = str(self._trainer.precision) if self._trainer is not None else ""
         if hp.lora and precision.endswith("-mixed"):
             self.model.compute_lora_in_autocast_dtype()
+        if hp.lora and precision == "bf16-mixed" and not isinstance(strategy, FSDPStrategy):
+            self.master_weights = MasterWeights(
+                [(f"model.{checkpoint_name(n)}", p) for n, p in linear_only_parameters(self.model)], torch.bfloat16)
         rank_zero_info(f"Borealis: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
                        f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
 
@@ -248,15 +259,21 @@ class BorealisLightningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {f"model.{n}" for n in self.model.trainable_parameter_names()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if self.master_weights is not None:  # the float32 masters, not their bf16 rounding
+            checkpoint["state_dict"].update(self.master_weights.state())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
         check_trainable_state(self.model, state, source="the checkpoint")
+        if self.master_weights is not None:
+            self.master_weights.load(checkpoint["state_dict"])
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.master_weights is not None:
+            params = self.master_weights.optimizer_parameters(params)
         optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=hp.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(hp.warmup_steps, total)
@@ -316,6 +333,20 @@ class BorealisLightningModule(L.LightningModule):
         self._step_label_tokens = tokens if self._step_label_tokens is None else self._step_label_tokens + tokens
         self.log("train/loss", total.detach() / tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["keys"]))
         return total  # scaled in on_before_optimizer_step
+
+    def on_after_backward(self) -> None:
+        if self.master_weights is not None:  # before the callbacks' on_before_optimizer_step and clipping
+            self.master_weights.grads_to_masters()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.master_weights is not None:
+            self.master_weights.to_params()
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+        if self.master_weights is not None:
+            self.master_weights.zero_grad()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Scale the step's summed-loss gradients to its token mean over all micro-batches and ranks."""
