@@ -2,16 +2,24 @@
 
 What: `Throughput`, a Lightning callback that the `borealis` CLI always installs (options
 under `throughput:`). Per training batch it reads two host clocks and the host-side counts
-`data.collate` puts in the batch (`row_tokens`, `label_tokens`, `audio_samples`); per window of optimizer
-steps (default `trainer.log_every_n_steps`) it logs, per device:
+`data.collate` puts in the batch (`row_tokens`, `seq_tokens`, `label_tokens`, `audio_samples`); per
+window of optimizer steps (default `trainer.log_every_n_steps`) it logs, per device:
 
     train/audio_sec_per_sec, train/tokens_per_sec, train/samples_per_sec  (tokens: non-pad LLM positions)
-    train/padding_ratio                   pad share of the window's B x L LLM positions
+    train/padding_ratio                   pad share of the window's R x W LLM positions (rows x width)
     train/data_wait_ms, train/compute_ms  mean per batch; train/data_wait_share = wait / (wait + compute)
     train/tflops_per_sec, train/mfu       `flops.step_flops` of the window's batches over its time;
                                           MFU only where a peak is known (`peak_tflops`, or Lightning's table)
 
 and at the end of fit one summary line over the run (rank 0), kept in `Throughput.summary`.
+
+Packed batches (`data.Batching.pack`: several samples per row, positions restarting at 0 per
+sample) count samples, not rows: `seq_tokens` holds each sample's length, `row_tokens` each
+row's. Tokens and padding come from the rows (a row's pad tail is the only padding), attention
+FLOPs from the samples: each sample attends causally within itself, so the useful work is
+sum over samples of L_i^2, not the row's square. Flash-attention's varlen path does just that;
+sdpa's packed-sequence mask computes the masked row square, and the excess shows as lost MFU,
+as padding does.
 
 Timing: data wait = the previous batch's end (the first batch of an epoch: the epoch's
 start) -> this batch's start, i.e. the loader's fetch plus Lightning's bookkeeping; compute
@@ -30,9 +38,9 @@ point, at the step Lightning logs that batch's `train/loss` at (so these keys ar
 `trainer.callback_metrics`: nothing can monitor them). Under DDP every rank measures its own
 device and rank 0's logger writes its numbers.
 
-Cost: per batch two `perf_counter` calls, sums over two short int lists and a list extend;
+Cost: per batch two `perf_counter` calls, sums over three short int lists and a list extend;
 per window two `step_flops` calls (the sum of the batches' step FLOPs, which are linear in
-clips, tokens and squared row lengths), one CUDA sync and one logger write.
+clips, tokens and squared sample lengths), one CUDA sync and one logger write.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ class _Tally:
 
     batches: int = 0
     steps: int = 0  # optimizer steps
-    samples: int = 0  # rows
+    samples: int = 0  # samples (a packed row holds several)
     audio_samples: int = 0  # 16 kHz samples of the rows' clips
     tokens: int = 0  # non-pad LLM positions
     slots: int = 0  # B x L LLM positions, padding included
@@ -117,7 +125,7 @@ class Throughput(L.Callback):
         self._frames = None  # model.encoder_frames, where the model has it
         self._label_only = True  # the module trains with model.loss (label_logits_only)
         self._win, self._total = _Tally(), _Tally()
-        self._lengths: list[int] = []  # the window's row lengths (non-pad tokens)
+        self._lengths: list[int] = []  # the window's sample lengths (the sequences attention runs over)
         self._clips: Counter = Counter()  # the window's clips by encoder frames (None: the full window)
         self._labels: int | None = 0  # the window's labelled tokens (None: a batch did not say)
         self._prev_end: float | None = None
@@ -163,14 +171,14 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        rows, clips = self._counts(batch)
+        rows, seqs, clips = self._counts(batch)
         w = self._win
         w.batches += 1
-        w.samples += len(rows)
-        w.tokens += sum(rows)
-        w.slots += len(rows) * batch["input_ids"].shape[-1]
+        w.samples += len(seqs)
+        w.tokens += sum(rows)  # = sum(seqs): packing moves tokens between rows, it adds none
+        w.slots += batch["input_ids"].numel()  # R x W, pad tails included
         w.audio_samples += sum(clips)
-        self._lengths.extend(rows)
+        self._lengths.extend(seqs)
         labels = batch.get("label_tokens")
         self._labels = None if labels is None or self._labels is None else self._labels + sum(labels)
         if clips:
@@ -188,25 +196,30 @@ class Throughput(L.Callback):
             # the step Lightning logs this batch's train/loss at (it advances after this hook)
             self._close(trainer, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
 
-    def _counts(self, batch: dict) -> tuple[list[int], list[int]]:
-        """Non-pad tokens per row and samples per clip, from `collate`'s host-side lists."""
-        rows, clips = batch.get("row_tokens"), batch.get("audio_samples")
+    def _counts(self, batch: dict) -> tuple[list[int], list[int], list[int]]:
+        """Non-pad tokens per row, tokens per sample and 16 kHz samples per clip, from `collate`'s
+        host-side lists (unpacked: one sample per row, so a batch without `seq_tokens` uses the rows)."""
+        rows, seqs, clips = batch.get("row_tokens"), batch.get("seq_tokens"), batch.get("audio_samples")
         if rows is not None and clips is not None:
-            return rows, clips
+            return rows, rows if seqs is None else seqs, clips
+        if batch.get("attention_mask") is None:  # packed rows: pad and samples are not told apart without the lists
+            raise ValueError("a training batch without attention_mask (packed rows) must carry row_tokens, "
+                             "seq_tokens and audio_samples, as data.collate_packed puts them")
         if not self._warned:  # a batch from elsewhere: read the device tensors (one sync per batch)
             log.warning("training batches carry no row_tokens/audio_samples (see data.collate); throughput reads "
                         "attention_mask and audio_lengths instead, one device sync per batch")
             self._warned = True
         rows = batch["attention_mask"].sum(-1).tolist()
         lengths = batch.get("audio_lengths")
-        return rows, lengths.tolist() if lengths is not None else []
+        return rows, rows, lengths.tolist() if lengths is not None else []
 
     # ------------------------------------------------------------------ per window / run
     def _close(self, trainer: L.Trainer, step: int) -> None:
         """Count the window's FLOPs, add it to the run's totals and log it."""
         w = self._win
         if self._config is not None:
-            # step_flops is additive over rows and over clips: one call for all rows, one per clip length
+            # step_flops is additive over sequences and over clips: one call for all the window's samples
+            # (attention per sample, packed or not), one per clip length
             # the LM head runs on the labelled positions only (`BorealisForConditionalGeneration.loss`)
             labels = self._labels if self._label_only else None
             w.flops = step_flops(self._config, self._lengths, 0, label_tokens=labels).total + sum(

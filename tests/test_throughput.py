@@ -280,3 +280,43 @@ def test_borealis_fit_writes_the_throughput_tags(tmp_path, tiny_parts):
         assert mfu.value == pytest.approx(tflops.value / 1.0, rel=1e-5) and mfu.value > 0
     summary = [line for line in proc.stderr.splitlines() if "borealis.throughput" in line]
     assert len(summary) == 1 and "over 4 optimizer steps" in summary[0] and "MFU" in summary[0], proc.stderr[-2000:]
+
+
+def test_packed_batches_count_samples_tokens_and_attention_per_sample(monkeypatch):
+    """The same 6 samples as one padded batch and as one packed batch (3 rows): the same samples,
+    tokens, clips and FLOPs, attention charged per sample (sum L_i^2), not per row; padding of R x W."""
+    from borealis.data import Batching
+
+    config = _config()
+    lengths = [9, 8, 6, 5, 4, 3]  # packed into rows of 12: [9, 3], [8, 4], [6, 5]
+    items = [{"input_ids": list(range(n)), "labels": [IGNORE_INDEX] * (n - 2) + [1, 2], "key": f"s{i}",
+              "audio": None if i % 2 else np.zeros(800 * (i + 1), dtype=np.float32)} for i, n in enumerate(lengths)]
+    (packed_items,) = Batching(pack=True, max_tokens_per_batch=36, max_tokens_per_row=12).cut(items)
+    packed, padded = collate(packed_items, pad_token_id=0), collate(items, pad_token_id=0)
+    assert packed["input_ids"].shape == (3, 12) and packed["attention_mask"] is None
+    assert padded["input_ids"].shape == (6, 9)
+
+    summaries = {}
+    for name, batch in (("packed", packed), ("padded", padded)):
+        clock = _Clock()
+        monkeypatch.setattr(throughput, "time", clock)
+        cb = Throughput(peak_tflops=2e-9)
+        _drive(cb, _fake_trainer(Recorder(), log_every=1), SimpleNamespace(model=SimpleNamespace(config=config)),
+               [batch], clock)
+        summaries[name] = cb.summary
+    p, u = summaries["packed"], summaries["padded"]
+    assert p["samples"] == u["samples"] == 6
+    assert p["tokens"] == u["tokens"] == sum(lengths)
+    assert p["audio_samples"] == u["audio_samples"] == 800 * (1 + 3 + 5)
+    assert p["slots"] == 3 * 12 and u["slots"] == 6 * 9
+    assert p["padding_ratio"] == pytest.approx(1 - 35 / 36) and u["padding_ratio"] == pytest.approx(1 - 35 / 54)
+
+    labels = 2 * len(lengths)  # the last two tokens of each sample; packing drops a first label, never labelled here
+    want = step_flops(config, lengths, 3, label_tokens=labels)
+    per_row = step_flops(config, packed["row_tokens"], 3, label_tokens=labels)
+    attention = config.llm_config.num_hidden_layers * 6 * (2 * 2) * sum(n * n for n in lengths)  # heads x head_dim
+    assert want.attention == attention and per_row.attention > attention  # rows' squares would overcharge
+    assert p["flops"] == u["flops"] == want.total
+    bare = {k: v for k, v in packed.items() if k not in ("row_tokens", "seq_tokens", "audio_samples")}
+    with pytest.raises(ValueError, match="packed rows.*must carry row_tokens, seq_tokens"):
+        Throughput()._counts(bare)  # without the lists, pad tails and sample bounds cannot be told apart
