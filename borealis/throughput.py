@@ -68,9 +68,9 @@ class _Tally:
     batches: int = 0
     steps: int = 0  # optimizer steps
     samples: int = 0  # samples (a packed row holds several)
-    audio_samples: int = 0  # 16 kHz samples of the rows' clips
+    audio_samples: int = 0  # 16 kHz samples of the samples' clips
     tokens: int = 0  # non-pad LLM positions
-    slots: int = 0  # B x L LLM positions, padding included
+    slots: int = 0  # R x W LLM positions (rows x width), padding included
     flops: int = 0
     wait_s: float = 0.0
     compute_s: float = 0.0

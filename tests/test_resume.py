@@ -4,8 +4,9 @@ The end-to-end test runs the real `borealis fit` three times on a tiny corpus: o
 once killed with SIGKILL in the middle of an epoch (parked by a test callback right after a
 checkpoint, with batches prefetched by 2 workers), and once resumed with `--ckpt_path last`.
 The resumed run must train on exactly the batches, and end with exactly the weights, of the
-uninterrupted one. The rest runs in-process: the training stream's resume arithmetic, and
-config/data faults failing early. (Skipped steps and RNG states: tests/test_callbacks.py; the
+uninterrupted one. The rest runs in-process: the training stream's resume arithmetic, a
+Trainer stopped and resumed mid-epoch on packed token-budget batches, and config/data faults
+failing early. (Skipped steps and RNG states: tests/test_callbacks.py; the
 checkpoint writer: tests/test_checkpointing.py.)
 """
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 from borealis.testing import build_tokenizer, make_pool
@@ -28,6 +30,7 @@ from borealis.cli import BorealisCLI
 from borealis.data import Batching, BorealisDataModule, MixtureStream, Pool, ResumableLoader
 from borealis.module import BorealisLightningModule
 from borealis.prompts import PromptBuilder
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 # ---------------------------------------------------------------------------- end to end
 CONFIG = """
@@ -273,3 +276,61 @@ def test_given_model_options_win_over_the_checkpoint(tmp_path, tiny_parts, monke
                                                   "target_modules": ["q_proj"]}       # checkpoint's
     assert "report_dir: checkpoint 'stored', given 'given'" in caplog.text
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# ---------------------------------------------------------------------------- packed batches, through a Trainer
+class _KeyRecorder(L.LightningModule):
+    """One weight; records the sample keys of every training batch (packed rows: several per row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.keys: list[list[str]] = []
+        self.rows: list[int] = []
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.datamodule.set_epoch(self.current_epoch)  # as BorealisLightningModule does
+
+    def training_step(self, batch, batch_idx):
+        self.keys.append(batch["keys"])
+        self.rows.append(batch["input_ids"].shape[0])
+        return self.w * batch["input_ids"].float().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _packed_fit(data, run, prompts, max_steps: int = -1, ckpt_path=None) -> _KeyRecorder:
+    """One fit of 2 epochs x 7 packed batches over the pools under `data` (or its first `max_steps`
+    steps), checkpointed every step into `run`/ckpt."""
+    dm = BorealisDataModule(train_pools=[Pool("a", str(data / "a"))], text_pool=str(data / "t"), text_ratio=0.2,
+                            batching={"pack": True, "max_tokens_per_batch": 320, "max_tokens_per_row": 160,
+                                      "bucket_size": 12},  # rows of 2 samples (~75 tokens each), 2 rows a batch
+                            batches_per_epoch=7, shuffle_buffer=8, num_workers=2, seed=3, prompt_builder=prompts)
+    module = _KeyRecorder()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, max_steps=max_steps, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[ModelCheckpoint(dirpath=run / "ckpt", every_n_train_steps=1, save_top_k=-1)],
+                        default_root_dir=run)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return module
+
+
+def test_packed_run_stopped_mid_epoch_resumes_with_the_remaining_batches(tmp_path, prompts, caplog):
+    """Packed token-budget batches from 2 workers: a run stopped after 3 of epoch 0's 7 batches
+    (odd: the resumed loader's workers swap roles) and resumed from that step's checkpoint sees
+    exactly the uninterrupted run's remaining batches, sample keys in order, into epoch 1."""
+    make_pool(tmp_path / "a", "a", range(40), max_samples=6)
+    make_pool(tmp_path / "t", "t", range(12), text_only=True)
+    full = _packed_fit(tmp_path, tmp_path / "full", prompts)
+    assert len(full.keys) == 14 and max(len(k) / r for k, r in zip(full.keys, full.rows)) >= 2  # packed rows
+    assert full.keys[7:] != full.keys[:7]  # epoch 1 draws other batches: a resume that restarts an epoch shows
+
+    stopped = _packed_fit(tmp_path, tmp_path / "cut", prompts, max_steps=3)
+    assert stopped.keys == full.keys[:3]
+    ckpt = tmp_path / "cut" / "ckpt" / "epoch=0-step=3.ckpt"
+    assert torch.load(ckpt, weights_only=True)["BorealisDataModule"]["train_stream"]["consumed"] == 3
+    with caplog.at_level(logging.INFO, logger="borealis.data.resume"):
+        resumed = _packed_fit(tmp_path, tmp_path / "cut", prompts, ckpt_path=ckpt)
+    assert "resuming the training stream exactly: epoch 0 after 3 of its 7 batches" in caplog.text
+    assert resumed.keys == full.keys[3:], "the resumed run saw other packed batches than the uninterrupted one"
