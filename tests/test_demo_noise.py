@@ -61,3 +61,13 @@ def test_render_clip_depends_only_on_its_generator():
     again = noise.render_clip(clip, np.random.default_rng(5), {})[1]
     assert rate == noise.CLIP_RATE and audio.size == 4 * noise.CLIP_RATE and np.array_equal(audio, again)
     assert np.abs(audio).max() == pytest.approx(noise.PEAK) and meta == clip.meta
+
+
+def test_band_noise_stays_in_its_band_and_names_a_bad_one():
+    x = noise.band_noise(16_000, 500.0, 1500.0, np.random.default_rng(0))
+    power = np.abs(np.fft.rfft(x)) ** 2
+    hz = np.fft.rfftfreq(x.size, 1 / noise.CLIP_RATE)
+    inside = power[(hz >= 500) & (hz <= 1500)].sum()
+    assert inside / power.sum() > 0.999
+    with pytest.raises(ValueError, match="900.0-300.0"):
+        noise.band_noise(100, 900.0, 300.0, np.random.default_rng(0))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from borealis.demo.noise import NOISE_TYPES
-from borealis.demo.plan import Counts, plan_corpus
+from borealis.demo.noise import BENCH_NOISE, NOISE_TYPES
+from borealis.demo.plan import Counts, plan_corpus, word_coverage
 from borealis.demo.speech import BENCH_VARIANTS
 from borealis.demo.text import LANGUAGES
 
@@ -18,7 +18,8 @@ def test_plan_holds_out_benchmark_sentences_and_voices():
     bench = [s for p, ss in plan.pools.items() if p.startswith("bench/") for s in ss]
     for code in ("en", "ru"):
         held = plan.bench_sentences[code]
-        assert len(held) == 60
+        assert len(held) == 60 + Counts.bench_random
+        assert {s.meta["text"] for s in plan.pools[f"bench/demo_{code}_random"]} <= held
         assert not held & {s.meta["text"] for s in train if "text" in s.meta and s.meta["language"] == code}
         quoted = [m["content"] for s in train if s.meta["task"] == "chat" for m in s.meta["messages"]]
         assert not any(f'"{h}"' in q for h in held for q in quoted)
@@ -66,3 +67,14 @@ def test_plan_noise_and_irs_use_training_speech_only():
         assert 0.15 <= c.meta["rt60_s"] <= 0.9 and 3.0 <= c.meta["predelay_ms"] <= 20.0
         assert c.seconds == pytest.approx(c.meta["rt60_s"] + c.meta["predelay_ms"] / 1000, abs=1e-3)
     assert max(c.meta["rt60_s"] for c in irs) - min(c.meta["rt60_s"] for c in irs) > 0.5  # rooms to halls
+
+
+def test_the_default_plan_speaks_every_word_and_holds_out_the_noise_kinds():
+    """The full corpus: every vocabulary word is heard in training, every word a benchmark says
+    at least 10 times; the noisy benchmark's noise kinds are not in the training noise pool."""
+    plan = plan_corpus(0, Counts())
+    for code, cov in word_coverage(plan).items():
+        assert cov["vocabulary"] >= 250 and cov["heard"] == cov["vocabulary"], code
+        assert cov["bench_word_min"] >= 10, code
+    assert not set(BENCH_NOISE) & {c.meta["noise"] for c in plan.clip_pools["noise"]}
+    assert {s.noise[0] for s in plan.pools["bench/demo_en_noisy"]} == set(BENCH_NOISE)

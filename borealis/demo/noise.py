@@ -1,7 +1,8 @@
 """Noise and room impulse responses for the demo's augmentation pools, synthesised with numpy.
 
-What: `coloured_noise` (white, pink ~1/f, brown ~1/f^2, held flat below 20 Hz), `mains_hum`
-(50 or 60 Hz, 3-8 harmonics, pink noise 20-35 dB under it), `babble` (4-6 training speech
+What: `coloured_noise` (white, pink ~1/f, brown ~1/f^2, held flat below 20 Hz), `band_noise`
+(white noise kept between two frequencies 1-2 octaves apart), `mains_hum` (50 or 60 Hz, 3-8
+harmonics, brown noise 20-35 dB under it), `babble` (4-6 training speech
 clips, each looped through the clip from a random offset, at -8..0 dB) and
 `impulse_response` (a direct-path impulse at t=0, a 3-20 ms pre-delay, then Gaussian noise
 decaying 60 dB over its RT60 of 0.15-0.9 s, peaking at 0.2-0.7 of the direct path, so the
@@ -9,7 +10,9 @@ decaying 60 dB over its RT60 of 0.15-0.9 s, peaking at 0.2-0.7 of the direct pat
 planned `Clip` into audio; `add_noise` gives the noisy benchmark its white or pink noise.
 
 Why: the demo runs the augmentation curriculum (`BackgroundNoise`, `ImpulseResponse` in
-configs/demo.yaml) without downloading MUSAN or RIR corpora. Every waveform draws from a
+configs/demo.yaml) without downloading MUSAN or RIR corpora. The training pool's kinds
+(`NOISE_TYPES`) and the noisy benchmark's (`BENCH_NOISE`: white, pink) are disjoint, so
+`demo_en_noisy` measures robustness to noise the model never heard. Every waveform draws from a
 generator passed in, so a clip depends only on its own seed.
 
 Cost: the default pools (100 clips, 6.4 min of audio, 9.7 MB as FLAC) take < 1 s of numpy
@@ -26,12 +29,14 @@ import numpy as np
 from borealis.demo.speech import ESPEAK_RATE, PEAK, SynthJob
 
 CLIP_RATE = 16_000  # noise and IRs are synthesised at the shard rate (babble mixes espeak audio)
-NOISE_TYPES = ("white", "pink", "brown", "hum", "babble")
+NOISE_TYPES = ("brown", "band", "hum", "babble")  # the training pool; none is a benchmark kind
 NOISE_SECONDS = (4.0, 8.0)
 NOISE_FLOOR_HZ = 20.0  # pink/brown spectra are held flat below: no sub-audio drift
 HUM_HZ = (50.0, 60.0)  # mains fundamentals (Europe/Asia, Americas)
 HUM_HARMONICS = (3, 8)  # partials, the fundamental included
-HUM_NOISE_DB = (20.0, 35.0)  # hum power over the pink noise under it
+HUM_NOISE_DB = (20.0, 35.0)  # hum power over the brown noise under it
+BAND_LOW_HZ = (150.0, 3000.0)  # band noise: lower edge
+BAND_OCTAVES = (1.0, 2.0)  # band noise: width (the upper edge stays under 7.5 kHz)
 BABBLE_TALKERS = (4, 6)  # training speech clips per babble clip
 BABBLE_LEVEL_DB = (-8.0, 0.0)  # per talker, relative to unit RMS
 IR_RT60 = (0.15, 0.9)  # seconds: small room to hall
@@ -40,6 +45,7 @@ IR_REVERB_PEAK = (0.2, 0.7)  # tail peak relative to the direct path (always the
 IR_DIRECT = 0.9  # direct-path amplitude at t=0
 NOISE_SNR_DB = (15.0, 25.0)  # demo_en_noisy's SNR range
 BENCH_NOISE = ("white", "pink")  # demo_en_noisy's noise kinds
+assert not set(NOISE_TYPES) & set(BENCH_NOISE), "the noisy benchmark's noise kinds must be unheard in training"
 
 
 @dataclass
@@ -71,6 +77,17 @@ def coloured_noise(n: int, colour: str, rng: np.random.Generator, *, floor_bin: 
     return np.fft.irfft(spectrum / (np.sqrt(f) if colour == "pink" else f), n)
 
 
+def band_noise(n: int, low_hz: float, high_hz: float, rng: np.random.Generator) -> np.ndarray:
+    """`n` samples (float64) at `CLIP_RATE` of Gaussian noise kept between `low_hz` and
+    `high_hz` (a brick-wall band in the frequency domain)."""
+    if not 0 < low_hz < high_hz <= CLIP_RATE / 2:
+        raise ValueError(f"band noise needs 0 < low < high <= {CLIP_RATE // 2} Hz, got {low_hz}-{high_hz}")
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    hz = np.fft.rfftfreq(n, 1 / CLIP_RATE)
+    spectrum[(hz < low_hz) | (hz > high_hz)] = 0
+    return np.fft.irfft(spectrum, n)
+
+
 def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator) -> np.ndarray:
     """`audio` plus white or pink (1/f power) noise at `snr_db` dB relative to its mean power."""
     if kind not in BENCH_NOISE:
@@ -87,13 +104,13 @@ def _power(x: np.ndarray) -> float:
 
 def mains_hum(n: int, hz: float, harmonics: int, noise_db: float, rng: np.random.Generator) -> np.ndarray:
     """Mains hum at `CLIP_RATE`: `harmonics` partials of `hz` (amplitudes ~ U(0.3, 1)/k, random
-    phases) over pink noise `noise_db` dB below the hum's power."""
+    phases) over brown noise `noise_db` dB below the hum's power."""
     k = np.arange(1, harmonics + 1)
     amplitudes = rng.uniform(0.3, 1.0, harmonics) / k
     phases = rng.uniform(0.0, 2 * np.pi, harmonics)
     t = np.arange(n)[:, None] / CLIP_RATE
     hum = np.sin(2 * np.pi * hz * k * t + phases) @ amplitudes  # (n, harmonics) @ (harmonics,) -> (n,)
-    noise = coloured_noise(n, "pink", rng, floor_bin=NOISE_FLOOR_HZ * n / CLIP_RATE)
+    noise = coloured_noise(n, "brown", rng, floor_bin=NOISE_FLOOR_HZ * n / CLIP_RATE)
     return hum + noise * np.sqrt(_power(hum) / _power(noise) / 10 ** (noise_db / 10))
 
 
@@ -149,6 +166,8 @@ def render_clip(clip: Clip, rng: np.random.Generator, speech: dict[SynthJob, np.
     elif kind == "babble":
         audio, meta["offsets_s"] = babble([speech[j] for j in clip.talkers], meta["levels_db"], clip.seconds, rng)
         rate = ESPEAK_RATE
+    elif kind == "band":
+        audio = band_noise(n, meta["low_hz"], meta["high_hz"], rng)
     else:
         audio = coloured_noise(n, kind, rng, floor_bin=NOISE_FLOOR_HZ * n / CLIP_RATE)
     return meta, audio * (PEAK / np.abs(audio).max()), rate

@@ -3,20 +3,23 @@
 What: `plan_corpus(seed, counts)` returns a `CorpusPlan` holding, pool by pool, the samples
 to write (`Sample`: key, shard metadata, the espeak job) and the noise/IR clips to
 synthesise (`Clip`). The pools are train/asr_{en,ru}, train/instruct, train/text,
-bench/demo_{en,ru}, bench/demo_en_noisy, noise and ir.
+bench/demo_{en,ru} (grammar sentences), bench/demo_{en,ru}_random (known words in random
+order), bench/demo_en_noisy, noise and ir.
 
 Why: benchmarks use sentences never seen in training, spoken by espeak variants never used
 in training (in either language); `demo_en_noisy` is `demo_en` with white/pink noise at
-15-25 dB SNR, so the clean/noisy WER gap measures noise alone. Planning first makes these
-guarantees checkable (`plan_corpus` asserts them) and lets the writer synthesise only what
-it needs. Every pool draws from its own generator (`rng_for(seed, name)`), so resizing one
-pool leaves the others unchanged.
+15-25 dB SNR, kinds the training noise pool never holds, so the clean/noisy WER gap measures
+unheard noise alone; every word a benchmark says is heard in training. Planning first makes
+these guarantees checkable (`plan_corpus` asserts them) and lets the writer synthesise only
+what it needs. Every pool draws from its own generator (`rng_for(seed, name)`), so resizing
+one pool leaves the others unchanged.
 
-Cost: pure Python; the default plan (9650 speech samples, 100 clips) takes about a second.
+Cost: pure Python; the default plan (13,850 speech samples, 88 clips) takes ~2 s.
 """
 
 from __future__ import annotations
 
+import collections
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +28,8 @@ import numpy as np
 
 from borealis.demo.noise import (
     BABBLE_LEVEL_DB,
+    BAND_LOW_HZ,
+    BAND_OCTAVES,
     BABBLE_TALKERS,
     BENCH_NOISE,
     CLIP_RATE,
@@ -73,16 +78,17 @@ class Sample:
 class Counts:
     """Samples per pool and language; `scaled` multiplies them all (at least 1 each)."""
 
-    asr: int = 4000  # train/asr_{en,ru}, each
+    asr: int = 6000  # train/asr_{en,ru}, each
     instruct: int = 300  # train/instruct, per language
     text: int = 300  # train/text, per language
-    bench: int = 150  # bench/demo_{en,ru} (and demo_en_noisy), each
+    bench: int = 150  # bench/demo_{en,ru} (and demo_en_noisy), each: grammar sentences
+    bench_random: int = 100  # bench/demo_{en,ru}_random, each: known words in random order
     noise: int = 12  # shards/noise clips per noise type (not scaled: < 1 s to build in all)
     ir: int = 40  # shards/ir impulse responses (not scaled)
 
     def scaled(self, factor: float) -> Counts:
         """Speech and text counts times `factor` (at least 1 each); the noise and IR counts stay."""
-        scaled = ("asr", "instruct", "text", "bench")
+        scaled = ("asr", "instruct", "text", "bench", "bench_random")
         return replace(self, **{k: max(1, round(getattr(self, k) * factor)) for k in scaled})
 
 
@@ -121,8 +127,11 @@ def plan_corpus(seed: int, counts: Counts) -> CorpusPlan:
     plan = CorpusPlan()
     bench: dict[str, list[str]] = {}
     for code in LANGUAGES:
-        bench[code] = make_sentences(code, counts.bench, rng_for(seed, f"bench_sentences_{code}"), unique=True)
-        plan.bench_sentences[code] = set(bench[code])
+        bench[code] = make_sentences(code, counts.bench, rng_for(seed, f"bench_sentences_{code}"), unique=True,
+                                     kind="grammar")
+        bench[f"{code}_random"] = make_sentences(code, counts.bench_random, rng_for(seed, f"bench_random_{code}"),
+                                                 unique=True, kind="random", exclude=bench[code])
+        plan.bench_sentences[code] = set(bench[code]) | set(bench[f"{code}_random"])
     for code in LANGUAGES:
         rng = rng_for(seed, f"asr_{code}")
         texts = make_sentences(code, counts.asr, rng, exclude=plan.bench_sentences[code])
@@ -132,11 +141,12 @@ def plan_corpus(seed: int, counts: Counts) -> CorpusPlan:
         plan.train_texts += texts
     plan.pools["train/instruct"] = _plan_instruct(plan, seed, counts.instruct)
     plan.pools["train/text"] = _plan_chats(plan, seed, counts.text)
-    for code in LANGUAGES:
-        rng = rng_for(seed, f"bench_voices_{code}")
-        plan.pools[f"bench/demo_{code}"] = [
-            Sample(f"demo_{code}-{i:06d}", _speech_meta(job, code, f"demo_{code}", "asr"), job)
-            for i, job in enumerate(draw_job(t, code, rng, bench=True) for t in bench[code])]
+    for name in bench:
+        code = name[:2]
+        rng = rng_for(seed, f"bench_voices_{name}")
+        plan.pools[f"bench/demo_{name}"] = [
+            Sample(f"demo_{name}-{i:06d}", _speech_meta(job, code, f"demo_{name}", "asr"), job)
+            for i, job in enumerate(draw_job(t, code, rng, bench=True) for t in bench[name])]
     plan.pools["bench/demo_en_noisy"] = _plan_noisy(plan.pools["bench/demo_en"], rng_for(seed, "bench_noise_en"))
     plan.clip_pools["noise"] = plan_noise(seed, counts.noise, plan.pools["train/asr_en"] + plan.pools["train/asr_ru"])
     plan.clip_pools["ir"] = plan_irs(seed, counts.ir)
@@ -198,6 +208,18 @@ def _check_held_out(plan: CorpusPlan) -> None:
     assert not bench_jobs & {j for c in plan.clip_pools["noise"] for j in c.talkers}, "benchmark speech in babble"
 
 
+def word_coverage(plan: CorpusPlan) -> dict[str, dict]:
+    """Per language: the vocabulary words spoken in train/asr_* (`heard`), and the fewest times
+    a word any benchmark says is spoken there (`bench_word_min`; 0: a benchmark word is unheard)."""
+    out = {}
+    for code, lang in LANGUAGES.items():
+        heard = collections.Counter(w for s in plan.pools[f"train/asr_{code}"] for w in s.meta["text"].split())
+        bench_words = {w for s in plan.bench_sentences[code] for w in s.split()}
+        out[code] = {"vocabulary": len(lang.vocabulary), "heard": sum(w in heard for w in lang.vocabulary),
+                     "bench_word_min": min((heard[w] for w in bench_words), default=0)}
+    return out
+
+
 def plan_noise(seed: int, per_type: int, speech: Sequence[Sample]) -> list[Clip]:
     """`per_type` clips of each of `NOISE_TYPES`, 4-8 s each; babble mixes clips of `speech`.
 
@@ -211,7 +233,11 @@ def plan_noise(seed: int, per_type: int, speech: Sequence[Sample]) -> list[Clip]
             meta: dict = {"kind": "noise", "source": "synthetic", "noise": kind}
             seconds = round(float(rng.uniform(*NOISE_SECONDS)), 2)
             talkers: tuple[SynthJob, ...] = ()
-            if kind == "hum":
+            if kind == "band":
+                low = float(rng.uniform(*BAND_LOW_HZ))
+                high = min(low * 2 ** float(rng.uniform(*BAND_OCTAVES)), 7500.0)
+                meta.update(low_hz=round(low, 1), high_hz=round(high, 1))
+            elif kind == "hum":
                 meta.update(hum_hz=HUM_HZ[rng.integers(len(HUM_HZ))],
                             harmonics=int(rng.integers(HUM_HARMONICS[0], HUM_HARMONICS[1] + 1)),
                             noise_db=round(float(rng.uniform(*HUM_NOISE_DB)), 1))
