@@ -7,9 +7,9 @@ writes it as shards (`borealis.shards.ShardWriter`), and writes `OUT/corpus.json
 Why: one deterministic function of `--seed` and the sizes, so the demo's figures can be
 reproduced byte for byte on any machine with espeak-ng.
 
-Cost: the default run (9650 speech samples, 3.0 h of audio) writes 263 MB and took 100 s on
-a 2-core machine shared with other jobs (load ~4), 60 s unloaded: ~9k espeak-ng calls run
-`--workers` at a time while the main thread resamples and writes FLAC shards.
+Cost: the default run (13,850 speech samples, 5.1 h of audio) writes 363 MB in ~90 s on a
+2-core machine: ~14k espeak-ng calls run `--workers` at a time while the main thread
+resamples and writes FLAC shards.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from borealis.demo.noise import (
     add_noise,
     render_clip,
 )
-from borealis.demo.plan import CorpusPlan, Counts, Sample, plan_corpus, rng_for
+from borealis.demo.plan import CorpusPlan, Counts, Sample, plan_corpus, rng_for, word_coverage
 from borealis.demo.speech import (
     BENCH_PITCH,
     BENCH_SPEED,
@@ -152,14 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-per-language", type=int, default=Counts.text,
                    help="text-only chats per language in train/text")
     g.add_argument("--bench-per-language", type=int, default=Counts.bench,
-                   help="clips in bench/demo_en, demo_ru (and demo_en_noisy)")
+                   help="clips in bench/demo_en, demo_ru (and demo_en_noisy): grammar sentences")
+    g.add_argument("--bench-random-per-language", type=int, default=Counts.bench_random,
+                   help="clips in bench/demo_en_random, demo_ru_random: known words in random order")
     g.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="samples per tar shard")
     g = p.add_argument_group("augmentation pools (shards/noise, shards/ir; not scaled by --scale, < 1 s to build)")
     g.add_argument("--noise-per-type", type=int, default=Counts.noise,
                    help=f"noise clips ({NOISE_SECONDS[0]:g}-{NOISE_SECONDS[1]:g} s) per type: {', '.join(NOISE_TYPES)}")
     g.add_argument("--irs", type=int, default=Counts.ir,
                    help=f"impulse responses, RT60 {IR_RT60[0]:g}-{IR_RT60[1]:g} s")
-    g = p.add_argument_group("tiny Whisper (encoder ~0.9M params at the defaults)")
+    g = p.add_argument_group("tiny Whisper (encoder ~1.4M params at the defaults)")
     g.add_argument("--encoder-dim", type=int, default=WhisperSize.dim, help="d_model")
     g.add_argument("--encoder-layers", type=int, default=WhisperSize.layers, help="transformer layers")
     g.add_argument("--encoder-heads", type=int, default=WhisperSize.heads, help="attention heads (divide --encoder-dim)")
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mel-bins", type=int, default=WhisperSize.mel_bins, help="80 as Whisper <= v2")
     g.add_argument("--max-source-positions", type=int, default=WhisperSize.max_source_positions,
                    help="encoder positions; 2 mel frames each, 150 -> 3 s window (multiple of 50)")
-    g = p.add_argument_group("tiny Qwen3 (~1.7M params at the defaults)")
+    g = p.add_argument_group("tiny Qwen3 (~2.2M params at the defaults)")
     g.add_argument("--llm-dim", type=int, default=Qwen3Size.dim, help="hidden size")
     g.add_argument("--llm-layers", type=int, default=Qwen3Size.layers, help="decoder layers")
     g.add_argument("--llm-heads", type=int, default=Qwen3Size.heads, help="query heads")
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--llm-ffn", type=int, default=Qwen3Size.ffn, help="MLP width (3x hidden)")
     g.add_argument("--llm-max-positions", type=int, default=Qwen3Size.max_positions,
                    help="38 audio slots (3 s) + prompt fit easily")
-    g.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary cap (the corpus needs fewer)")
+    g.add_argument("--vocab-size", type=int, default=4096,
+                   help="BPE vocabulary cap: at 4096 every demo word is one token, with and without its leading space")
     return p
 
 
@@ -250,7 +253,8 @@ def make_corpus(args: argparse.Namespace) -> dict:
     check_espeak()
     _prepare_out(args.out, args.overwrite)
     counts = Counts(args.asr_per_language, args.instruct_per_language, args.text_per_language,
-                    args.bench_per_language, args.noise_per_type, args.irs).scaled(args.scale)
+                    args.bench_per_language, args.bench_random_per_language, args.noise_per_type,
+                    args.irs).scaled(args.scale)
     plan = plan_corpus(args.seed, counts)
 
     texts = plan.train_texts + [DEFAULT_SYSTEM_PROMPT, *ASR_PROMPTS.values()]
@@ -266,6 +270,7 @@ def make_corpus(args: argparse.Namespace) -> dict:
     log.info("models: whisper encoder %d params, qwen3 %d params, tokenizer %d tokens",
              whisper["encoder"], qwen3["total"], len(tokenizer))
     pools = _write_pools(args, plan)
+    coverage = word_coverage(plan)
 
     def voices(prefix: str, code: str) -> list[str]:
         return sorted({s.job.voice for n, ss in plan.pools.items() if n.startswith(prefix)
@@ -276,7 +281,7 @@ def make_corpus(args: argparse.Namespace) -> dict:
         "pools": pools,
         "total": {"samples": sum(p["samples"] for p in pools.values()),
                   "hours": round(sum(p["hours"] for p in pools.values()), 4)},
-        "vocabulary": {code: {"words": len(lang.vocabulary), "list": lang.vocabulary}
+        "vocabulary": {code: {"words": len(lang.vocabulary), **coverage[code], "list": lang.vocabulary}
                        for code, lang in LANGUAGES.items()},
         "tokenizer_vocab_size": len(tokenizer),
         "voices": {"train": {c: voices("train/", c) for c in LANGUAGES},

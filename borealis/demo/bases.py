@@ -1,0 +1,501 @@
+"""The demo's pretrained bases: a Whisper encoder trained for recognition and a Qwen3 trained as a
+language model, on the demo corpus's training pools only.
+
+What: `build_bases(corpus, out, settings)` loads the random models that `borealis demo` wrote
+(`CORPUS/models/whisper`, `CORPUS/models/qwen3` with its tokenizer) and trains
+- the Whisper encoder with a CTC head over the Qwen3 tokenizer's tokens (`pretrain_encoder`)
+  on the speech of `train/asr_*` and `train/instruct`, every batch through the same log-mel and
+  encoder code as Borealis (`WhisperLogMel`, `run_encoder`, the full window), with the training
+  noise pool (`shards/noise`: brown, band, hum and babble, never the benchmark's white or pink)
+  mixed into `noise_share` of the clips at `snr_db` and a random gain;
+- the Qwen3 as a causal language model (`pretrain_llm`) on the training transcripts, the spoken
+  instructions' prompts and answers and the text-only chats, as ChatML conversations;
+then saves both with `save_pretrained` in float16 (the CTC head is dropped: Borealis reads the
+encoder's hidden states), with `bases.json` (sizes, settings, times, and each base's own quality
+on the demo benchmarks: greedy CTC WER and the LM's loss per token) and `SHA256SUMS`.
+
+Why: the demo trains the flagship recipe, a frozen pretrained encoder and LoRA on a pretrained
+LLM, and nothing can be downloaded; these bases stand in for `openai/whisper-large-v3` and
+`Qwen/Qwen3-4B`, loaded by the same `from_pretrained` path. CTC over the LLM's own tokens gives
+the encoder states from which a linear map reads the words, which an adapter learns within the
+demo's minutes; no benchmark sentence or voice is ever trained on (`borealis.demo.plan`
+guarantees it for the pools read here).
+
+Cost: one seeded run on 2 CPU cores; the defaults take ~20 min (BENCHMARKS.md). The saved
+bases are ~8 MB in all (`models/demo/` of the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPEECH_POOLS = ("train/asr_en", "train/asr_ru", "train/instruct")  # the encoder hears only these
+TEXT_POOLS = ("train/asr_en", "train/asr_ru", "train/instruct", "train/text")  # the LM reads only these
+DOWNSAMPLE = 4  # the recipe's frame stacking: windows are cut to whole stacked positions, as Borealis cuts them
+BENCHMARKS = ("demo_en", "demo_ru", "demo_en_random", "demo_ru_random", "demo_en_noisy")  # quality, not training
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    """How the bases are trained (`borealis demo bases --help` documents each)."""
+
+    seed: int = 0
+    encoder_steps: int = 5000
+    encoder_batch: int = 32
+    encoder_lr: float = 3e-3
+    noise_share: float = 0.5
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    char_ctc_weight: float = 1.0
+    init_std: float = 0.02
+    llm_steps: int = 1200
+    llm_batch: int = 64
+    llm_lr: float = 3e-3
+    warmup: int = 100
+    threads: int = 0  # 0: torch's default
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_pool(pool_dir: Path) -> Iterator[dict]:
+    """Every decoded sample of a pool's shards, in shard order.
+
+    Raises:
+        FileNotFoundError: the pool has no shards (build the corpus first: `borealis demo`).
+    """
+    from borealis.shards import SHARD_PATTERN, iter_shard
+
+    paths = sorted(glob.glob(str(pool_dir / SHARD_PATTERN.replace("{:06d}", "*"))))
+    if not paths:
+        raise FileNotFoundError(f"no shards in {pool_dir}; build the demo corpus first: borealis demo --out "
+                                f"{pool_dir.parent.parent.parent}")
+    for path in paths:
+        yield from iter_shard(path)
+
+
+def transcript(sample: dict) -> str | None:
+    """What the speech of a training sample says: its `text` (ASR and instruction clips)."""
+    return sample["meta"].get("text")
+
+
+def _schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+class SpeechSet:
+    """Clips of a set of pools held in memory as one zero-padded int16 tensor, with token targets
+    and character targets (indices into `alphabet`; characters outside it are dropped)."""
+
+    def __init__(self, pools: Sequence[Path], tokenizer, num_samples: int, alphabet: str = "") -> None:
+        import torch
+
+        audio, lengths, targets, texts = [], [], [], []
+        for pool in pools:
+            for sample in read_pool(pool):
+                text = transcript(sample)
+                if sample["audio"] is None or not text:
+                    continue
+                clip = sample["audio"][:num_samples]
+                audio.append(torch.from_numpy(np.round(np.clip(clip, -1, 1) * 32767).astype(np.int16)))
+                lengths.append(clip.size)
+                targets.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+                texts.append(text)
+        if not audio:
+            raise ValueError(f"no transcribed speech in {', '.join(map(str, pools))}")
+        self.audio = torch.zeros(len(audio), num_samples, dtype=torch.int16)
+        for i, a in enumerate(audio):
+            self.audio[i, : a.numel()] = a
+        self.lengths = torch.tensor(lengths)
+        self.targets = targets
+        self.texts = texts
+        index = {c: i for i, c in enumerate(alphabet)}
+        self.char_targets = [[index[c] for c in t if c in index] for t in texts]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, rows) -> tuple:
+        """(audio (B, S) float, lengths (B,), concatenated token targets, their lengths (B,),
+        concatenated character targets, their lengths (B,)) of `rows`; S is the longest clip of
+        the batch, not the window."""
+        import torch
+
+        rows = torch.as_tensor(rows)
+        lengths = self.lengths[rows]
+        audio = self.audio[rows, : int(lengths.max())].float() / 32767
+        return audio, lengths, *self._flat(self.targets, rows), *self._flat(self.char_targets, rows)
+
+    @staticmethod
+    def _flat(targets: list[list[int]], rows) -> tuple:
+        import torch
+
+        picked = [targets[int(i)] for i in rows]
+        return torch.tensor([t for ts in picked for t in ts], dtype=torch.long), torch.tensor([len(t) for t in picked])
+
+    def epoch(self, batch_size: int, generator) -> list:
+        """One epoch of batches of clips of similar length: sorted by length with a random
+        jitter of +-10% (so batches differ between epochs), cut, then shuffled."""
+        import torch
+
+        jitter = 1 + 0.2 * (torch.rand(len(self), generator=generator) - 0.5)
+        order = torch.argsort(self.lengths * jitter)
+        batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+class NoiseMixer:
+    """Batched noise mixing: every row gets an excerpt of the noise pool (its clips joined end to
+    end, from a random offset) scaled to a random SNR over the row's speech, added to `share` of
+    the rows; every row also gets a random gain. No Python loop over rows."""
+
+    def __init__(self, pool: Path, settings: BaseSettings, generator) -> None:
+        import torch
+
+        clips = [torch.from_numpy(np.asarray(s["audio"], dtype=np.float32)) for s in read_pool(pool)]
+        if not clips:
+            raise ValueError(f"the noise pool {pool} holds no clips")
+        self.noise = torch.cat(clips)
+        self.settings = settings
+        self.generator = generator
+
+    def __call__(self, audio, lengths):
+        import torch
+
+        b, n = audio.shape
+        g, s = self.generator, self.settings
+        start = torch.randint(self.noise.numel(), (b, 1), generator=g)
+        excerpt = self.noise[(start + torch.arange(n)) % self.noise.numel()]  # (B, S)
+        valid = torch.arange(n) < lengths[:, None]
+        speech_power = (audio.pow(2) * valid).sum(1) / lengths
+        noise_power = (excerpt.pow(2) * valid).sum(1) / lengths
+        snr = torch.empty(b).uniform_(*s.snr_db, generator=g)
+        on = (torch.rand(b, generator=g) < s.noise_share).float()
+        scale = on * (speech_power / noise_power.clamp_min(1e-10) / 10 ** (snr / 10)).sqrt()
+        gain = 10 ** (torch.empty(b, 1).uniform_(*s.gain_db, generator=g) / 20)
+        return ((audio + scale[:, None] * excerpt * valid) * gain).clamp(-1, 1)
+
+
+def ctc_greedy(log_probs, lengths, blank: int) -> list[list[int]]:
+    """Greedy CTC decoding of (B, T, V) log-probs: the best token per frame, repeats merged, blanks dropped."""
+    import torch
+
+    best = log_probs.argmax(-1)  # (B, T)
+    keep = torch.ones_like(best, dtype=torch.bool)
+    keep[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep &= best != blank
+    keep &= torch.arange(best.shape[1])[None] < lengths[:, None]
+    return [row[mask].tolist() for row, mask in zip(best, keep)]
+
+
+def _reinit(encoder, std: float) -> None:
+    """Fresh weights for the encoder's linear and conv layers (normal(0, std), zero bias) and unit
+    layer norms; the sinusoidal position table stays. The corpus's random Whisper is drawn for
+    training through an LLM from scratch (init_std 0.3), too large for CTC pretraining."""
+    import torch
+
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseSettings, out: Path) -> dict:
+    """Train the encoder of `whisper_dir` with CTC over `tokenizer`'s tokens; save it to `out`."""
+    import torch
+    from transformers import WhisperModel
+
+    from borealis.features import WhisperLogMel, num_mel_frames, window_frames
+    from borealis.hf_remote.modeling_borealis import run_encoder
+
+    model = WhisperModel.from_pretrained(whisper_dir, dtype=torch.float32)
+    encoder = model.get_encoder()
+    _reinit(encoder, settings.init_std)
+    positions = model.config.max_source_positions
+    features = WhisperLogMel.from_encoder_config(model.config)
+    blank = len(tokenizer)
+    head = torch.nn.Linear(model.config.d_model, blank + 1)
+    pools = [corpus / "shards" / p for p in SPEECH_POOLS]
+    alphabet = "".join(sorted({c for pool in pools for s in read_pool(pool) for c in (transcript(s) or "")}))
+    char_head = torch.nn.Linear(model.config.d_model, len(alphabet) + 1)
+    data = SpeechSet(pools, tokenizer, features.num_samples, alphabet)
+    generator = torch.Generator().manual_seed(settings.seed)
+    mixer = NoiseMixer(corpus / "shards" / "noise", settings, generator)
+    params = [*encoder.parameters(), *head.parameters(), *char_head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=settings.encoder_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _schedule(step, settings.warmup, settings.encoder_steps))
+    ctc = torch.nn.CTCLoss(blank=blank, zero_infinity=True)
+    char_ctc = torch.nn.CTCLoss(blank=len(alphabet), zero_infinity=True)
+    log.info("encoder: CTC over %d tokens on %d clips, %d steps of %d", blank, len(data),
+             settings.encoder_steps, settings.encoder_batch)
+    encoder.train()
+    start, losses, char_losses, batches = time.monotonic(), [], [], []
+    for step in range(settings.encoder_steps):
+        if not batches:
+            batches = data.epoch(settings.encoder_batch, generator)
+        audio, lengths, targets, target_lengths, chars, char_lengths = data.batch(batches.pop())
+        mel = features(mixer(audio, lengths), lengths, window_frames(audio.shape[1], DOWNSAMPLE, positions))
+        frames = (num_mel_frames(lengths) + 1) // 2
+        hidden = run_encoder(encoder, mel)
+        log_probs = head(hidden).log_softmax(-1)  # (B, T, V + 1)
+        token_loss = ctc(log_probs.transpose(0, 1), targets, frames, target_lengths)
+        loss = token_loss
+        if settings.char_ctc_weight:  # characters align within a few hundred steps and pull the tokens along
+            char_log_probs = char_head(hidden).log_softmax(-1)
+            loss = loss + settings.char_ctc_weight * char_ctc(char_log_probs.transpose(0, 1), chars, frames,
+                                                              char_lengths)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(token_loss.item())
+        char_losses.append(loss.item() - losses[-1])
+        if step % 100 == 0 or step == settings.encoder_steps - 1:
+            log.info("encoder step %d/%d: token CTC loss %.3f, character CTC loss %.3f (%.0f s)", step,
+                     settings.encoder_steps, float(np.mean(losses[-100:])), float(np.mean(char_losses[-100:])),
+                     time.monotonic() - start)
+    seconds = time.monotonic() - start
+    encoder.eval()
+    quality = {name: _ctc_wer(encoder, head, features, corpus / "shards" / "bench" / name, tokenizer, blank, positions)
+               for name in BENCHMARKS}
+    model.half().save_pretrained(out)
+    return {"steps": settings.encoder_steps, "seconds": round(seconds, 1), "clips": len(data),
+            "final_ctc_loss": round(float(np.mean(losses[-100:])), 4), "wer": quality,
+            "parameters": sum(p.numel() for p in encoder.parameters())}
+
+
+def _ctc_wer(encoder, head, features, pool: Path, tokenizer, blank: int, positions: int) -> float:
+    """Greedy CTC WER (%) of the encoder on one benchmark pool (batch windows, as in training)."""
+    import torch
+
+    from borealis.features import num_mel_frames, window_frames
+    from borealis.hf_remote.modeling_borealis import run_encoder
+    from borealis.metrics import word_errors
+
+    data = SpeechSet([pool], tokenizer, features.num_samples)
+    hyps: list[str] = []
+    with torch.no_grad():
+        for i in range(0, len(data), 64):
+            audio, lengths, *_ = data.batch(range(i, min(i + 64, len(data))))
+            mel = features(audio, lengths, window_frames(audio.shape[1], DOWNSAMPLE, positions))
+            log_probs = head(run_encoder(encoder, mel)).log_softmax(-1)
+            hyps += tokenizer.batch_decode(ctc_greedy(log_probs, (num_mel_frames(lengths) + 1) // 2, blank))
+    errors, words = word_errors(data.texts, hyps)
+    return round(100 * sum(errors) / max(sum(words), 1), 2)
+
+
+def lm_texts(corpus: Path) -> list[str]:
+    """The LM's training text, as ChatML turns: every training transcript as an assistant turn,
+    and every spoken instruction's and text-only chat's conversation (audio slots removed)."""
+    from borealis.prompts import AUDIO_PLACEHOLDER, IM_END, IM_START
+
+    def chatml(turns) -> str:
+        return "".join(f"{IM_START}{role}\n{text.replace(AUDIO_PLACEHOLDER, '').strip()}{IM_END}\n"
+                       for role, text in turns)
+
+    texts = []
+    for pool in TEXT_POOLS:
+        for sample in read_pool(corpus / "shards" / pool):
+            meta = sample["meta"]
+            if meta.get("text"):
+                texts.append(chatml([("assistant", meta["text"])]))
+            if meta.get("messages"):
+                texts.append(chatml([(m["role"], m["content"]) for m in meta["messages"]]))
+    return texts
+
+
+def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path) -> dict:
+    """Train the Qwen3 of `qwen_dir` as a causal LM on `lm_texts(corpus)`; save it (and its
+    tokenizer) to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in lm_texts(corpus)]
+    width = max(map(len, ids))
+    tokens = torch.full((len(ids), width), tokenizer.pad_token_id)
+    for i, row in enumerate(ids):
+        tokens[i, : len(row)] = torch.tensor(row)
+    mask = torch.arange(width)[None] < torch.tensor([len(r) for r in ids])[:, None]
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.llm_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _schedule(step, settings.warmup, settings.llm_steps))
+    log.info("llm: %d conversations, %d steps of %d", len(ids), settings.llm_steps, settings.llm_batch)
+    model.train()
+    start, losses = time.monotonic(), []
+    order, at = torch.randperm(len(ids), generator=generator), 0
+    for step in range(settings.llm_steps):
+        if at + settings.llm_batch > len(ids):
+            order, at = torch.randperm(len(ids), generator=generator), 0
+        rows = order[at:at + settings.llm_batch]
+        at += settings.llm_batch
+        batch_mask = mask[rows]
+        keep = int(batch_mask.sum(1).max())
+        input_ids, attention = tokens[rows, :keep], batch_mask[:, :keep]
+        labels = input_ids.masked_fill(~attention, -100)
+        loss = model(input_ids=input_ids, attention_mask=attention.long(), labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == settings.llm_steps - 1:
+            log.info("llm step %d/%d: loss %.3f (%.0f s)", step, settings.llm_steps,
+                     float(np.mean(losses[-100:])), time.monotonic() - start)
+    seconds = time.monotonic() - start
+    model.eval()
+    quality = {name: _lm_loss(model, tokenizer, corpus / "shards" / "bench" / name) for name in BENCHMARKS[:4]}
+    model.half().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"steps": settings.llm_steps, "seconds": round(seconds, 1), "conversations": len(ids),
+            "final_loss": round(float(np.mean(losses[-100:])), 4), "benchmark_loss_per_token": quality,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _lm_loss(model, tokenizer, pool: Path) -> float:
+    """The LM's mean loss (nats per token) on a benchmark's transcripts as assistant turns."""
+    import torch
+
+    from borealis.prompts import IM_END, IM_START
+
+    total = count = 0.0
+    with torch.no_grad():
+        for sample in read_pool(pool):
+            ids = torch.tensor([tokenizer(f"{IM_START}assistant\n{sample['meta']['text']}{IM_END}",
+                                          add_special_tokens=False)["input_ids"]])
+            n = ids.shape[1] - 1
+            total += float(model(input_ids=ids, labels=ids).loss) * n
+            count += n
+    return round(total / max(count, 1), 4)
+
+
+def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings()) -> dict:
+    """Pretrain the corpus's random Whisper and Qwen3 (`CORPUS/models/`) and save them to
+    `out/whisper` and `out/qwen3`, with `out/bases.json` and `out/SHA256SUMS`; returns the summary.
+
+    Raises:
+        FileNotFoundError: the corpus or its models are missing.
+    """
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    for needed in (corpus / "corpus.json", corpus / "models" / "whisper", corpus / "models" / "qwen3"):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} is missing; build the demo corpus first: borealis demo --out {corpus}")
+    hf_logging.disable_progress_bar()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(corpus / "models" / "qwen3")
+    encoder = pretrain_encoder(corpus / "models" / "whisper", corpus, tokenizer, settings, out / "whisper")
+    for extra in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                  "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json"):
+        src = corpus / "models" / "whisper" / extra  # the extractor, and what the Whisper baseline row decodes with
+        if src.is_file():
+            (out / "whisper" / extra).write_bytes(src.read_bytes())
+    llm = pretrain_llm(corpus / "models" / "qwen3", corpus, settings, out / "qwen3")
+    corpus_info = json.loads((corpus / "corpus.json").read_text())
+    summary = {"settings": asdict(settings), "seconds": round(time.monotonic() - start, 1),
+               "corpus_seed": corpus_info["seed"], "torch": torch.__version__,
+               "encoder": encoder, "llm": llm}
+    (out / "bases.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("SHA256SUMS", "bases.json"))
+    (out / "SHA256SUMS").write_text("".join(f"{_sha256(p)}  {p.relative_to(out).as_posix()}\n" for p in files))
+    log.info("bases in %s: encoder CTC WER %s; LM loss %s; %.0f s", out, encoder["wer"],
+             llm["benchmark_loss_per_token"], summary["seconds"])
+    return summary
+
+
+def check_sums(folder: Path) -> list[str]:
+    """Files of `folder` whose sha256 differs from its `SHA256SUMS`, or that are missing."""
+    bad = []
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        path = folder / name
+        if not path.is_file():
+            bad.append(f"{name}: missing")
+        elif _sha256(path) != digest:
+            bad.append(f"{name}: sha256 differs from SHA256SUMS")
+    return bad
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `borealis demo bases`."""
+    d = BaseSettings()
+    p = argparse.ArgumentParser(
+        prog="borealis demo bases", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Pretrain the demo's bases on the demo corpus's training pools: the Whisper encoder with CTC "
+                    "over the Qwen3 tokens, the Qwen3 as a language model. The repository ships the result in "
+                    "models/demo; this command rebuilds it.")
+    p.add_argument("--corpus", type=Path, required=True, help="a demo corpus (`borealis demo --out CORPUS`)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: whisper/, qwen3/, bases.json, SHA256SUMS")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the batch order, noise mixing and dropout")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+    g = p.add_argument_group("encoder (CTC)")
+    g.add_argument("--encoder-steps", type=int, default=d.encoder_steps, help="optimizer steps")
+    g.add_argument("--encoder-batch", type=int, default=d.encoder_batch, help="clips per step")
+    g.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help="peak AdamW learning rate")
+    g.add_argument("--noise-share", type=float, default=d.noise_share, help="share of clips mixed with noise")
+    g.add_argument("--snr-db", type=float, nargs=2, default=d.snr_db, help="noise SNR range (dB)")
+    g.add_argument("--gain-db", type=float, nargs=2, default=d.gain_db, help="random gain range (dB), every clip")
+    g.add_argument("--char-ctc-weight", type=float, default=d.char_ctc_weight,
+                   help="weight of an auxiliary character CTC head (dropped at save); 0 turns it off")
+    g.add_argument("--init-std", type=float, default=d.init_std,
+                   help="std of the encoder's fresh weights (Whisper's 0.02) before pretraining")
+    g = p.add_argument_group("LLM (language model)")
+    g.add_argument("--llm-steps", type=int, default=d.llm_steps, help="optimizer steps")
+    g.add_argument("--llm-batch", type=int, default=d.llm_batch, help="conversations per step")
+    g.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak AdamW learning rate")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps of both (then cosine to 5%%)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`borealis demo bases`: pretrain and save the demo's bases; returns the exit status 0."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    problems = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in vars(args).items()
+                if k.endswith(("steps", "batch")) and v < 1]
+    if not 0 <= args.noise_share <= 1:
+        problems.append(f"--noise-share must be in [0, 1], got {args.noise_share}")
+    if problems:
+        p.error("; ".join(problems))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    fields = {k: v for k, v in vars(args).items() if k not in ("corpus", "out")}
+    fields["snr_db"], fields["gain_db"] = tuple(fields["snr_db"]), tuple(fields["gain_db"])
+    build_bases(args.corpus, args.out, BaseSettings(**fields))
+    return 0
