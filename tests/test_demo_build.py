@@ -1,5 +1,5 @@
-"""Tests for borealis/demo/build.py: the options, and one tiny end-to-end build (~70 espeak
-clips, 100 noise/IR clips, a few seconds) read back through the index, plain tarfile, the
+"""Tests for borealis/demo/build.py: the options, and one tiny end-to-end build (~135 espeak
+clips, 88 noise/IR clips, a few seconds) read back through the index, plain tarfile, the
 shard reader and the augmentation effects.
 
 espeak-ng is a Debian package; tests that synthesise speech are skipped without it.
@@ -21,14 +21,14 @@ import pytest
 
 from borealis.demo import main
 from borealis.demo.build import make_corpus, parse_args
-from borealis.demo.noise import NOISE_TYPES
+from borealis.demo.noise import BENCH_NOISE, NOISE_TYPES
 from borealis.demo.plan import Counts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
-SCALE = 0.01  # asr 40 per language, instruct 3 + text 3 per language, bench 2 per language
+SCALE = 0.01  # asr 60 per language, instruct 3 + text 3 per language, bench 2 + bench_random 1 per language
 TINY_ARGS = [
     "--scale", str(SCALE), "--shard-size", "16", "--workers", "2",
     "--encoder-dim", "32", "--encoder-layers", "1", "--encoder-heads", "2", "--encoder-ffn", "64",
@@ -36,7 +36,8 @@ TINY_ARGS = [
     "--llm-head-dim", "16", "--llm-ffn", "64", "--vocab-size", "600",
 ]
 POOLS = ["train/asr_en", "train/asr_ru", "train/instruct", "train/text",
-         "bench/demo_en", "bench/demo_ru", "bench/demo_en_noisy"]
+         "bench/demo_en", "bench/demo_ru", "bench/demo_en_random", "bench/demo_ru_random",
+         "bench/demo_en_noisy"]
 CLIP_POOLS = ["noise", "ir"]  # demo/shards/noise, demo/shards/ir: configs/demo.yaml names these paths
 
 
@@ -58,6 +59,7 @@ def expected_counts() -> dict[str, int]:
     c = Counts().scaled(SCALE)
     return {"train/asr_en": c.asr, "train/asr_ru": c.asr, "train/instruct": 2 * c.instruct,
             "train/text": 2 * c.text, "bench/demo_en": c.bench, "bench/demo_ru": c.bench,
+            "bench/demo_en_random": c.bench_random, "bench/demo_ru_random": c.bench_random,
             "bench/demo_en_noisy": c.bench}
 
 
@@ -67,7 +69,21 @@ def test_options_are_checked_together():
     with pytest.raises(SystemExit):
         main(["--out", "x", "--max-source-positions", "75", "--llm-kv-heads", "3"])
     args = parse_args(["--out", "x"])
-    assert (args.encoder_dim, args.llm_dim, args.asr_per_language, args.shard_size) == (128, 256, 4000, 500)
+    assert (args.encoder_dim, args.encoder_ffn, args.llm_dim, args.vocab_size) == (160, 640, 256, 4096)
+    assert (args.asr_per_language, args.bench_per_language, args.bench_random_per_language, args.shard_size) == \
+        (6000, 150, 100, 500)
+
+
+def test_the_demo_config_reads_the_pools_built_here():
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo.yaml").read_text())["data"]
+    assert sorted(data["val_sets"].values()) == sorted(f"demo/shards/{p}" for p in POOLS if p.startswith("bench/"))
+    assert {p["shards"] for p in data["train_pools"]} | {data["text_pool"]} == \
+        {f"demo/shards/{p}" for p in POOLS if p.startswith("train/")}
+    pools = {e["init_args"]["pool"] for stage in data["augmentation"]["stages"] for e in stage.get("effects", [])
+             if "pool" in e["init_args"]}
+    assert pools == {f"demo/shards/{p}" for p in CLIP_POOLS}
 
 
 def test_module_entry_point_shows_the_options():
@@ -102,13 +118,14 @@ def test_tiny_demo_pools_and_summary(tiny_demo):
 
 @needs_espeak
 def test_tiny_demo_bench_is_held_out(tiny_demo):
-    out, _ = tiny_demo
+    out, summary = tiny_demo
     train = [m for p in POOLS if p.startswith("train/") for m, _ in read_pool(out / "shards" / p)]
     bench = [m for p in POOLS if p.startswith("bench/") for m, _ in read_pool(out / "shards" / p)]
     assert not {m["text"] for m in bench} & {m["text"] for m in train if "text" in m}
     assert not {m["voice"] for m in bench} & {m["voice"] for m in train if "voice" in m}
     noisy = read_pool(out / "shards" / "bench/demo_en_noisy")
-    assert all(15 <= m["snr_db"] <= 25 and m["noise"] in ("white", "pink") for m, _ in noisy)
+    assert all(15 <= m["snr_db"] <= 25 and m["noise"] in BENCH_NOISE for m, _ in noisy)
+    assert not {m["noise"] for m, _ in noisy} & set(summary["pools"]["noise"]["types"])  # unheard in training
 
 
 @needs_espeak
