@@ -128,12 +128,14 @@ def test_the_early_check_draws_no_random_numbers(tmp_path, tiny_parts, monkeypat
     monkeypatch.setattr(BorealisCLI, "instantiate_classes", lambda self: None)
     monkeypatch.setattr(BorealisCLI, "_run_subcommand", lambda self, subcommand: None)
     monkeypatch.chdir(tmp_path)
-    make_pool(tmp_path / "demo" / "shards" / "noise", "noise", range(4))  # demo.yaml's curriculum reads it
+    for kind in ("noise", "ir"):  # demo.yaml's curriculum reads these
+        make_pool(tmp_path / "demo" / "shards" / kind, kind, range(4))
     pool = str(make_pool(tmp_path / "a", "a", range(8)))
     bench = str(make_pool(tmp_path / "bench", "v", range(100, 104)))  # held out: the overlap check runs and passes
     enc, llm = tiny_parts
     BorealisCLI(BorealisLightningModule, BorealisDataModule, save_config_callback=None, auto_configure_optimizers=False,
-                args=["fit", "--config", str(FLAGSHIP.with_name("demo.yaml")), "--model.encoder", str(enc),
+                args=["fit", "--config", str(FLAGSHIP), "--config", str(FLAGSHIP.with_name("demo.yaml")),
+                      "--model.encoder", str(enc),
                       "--model.llm", str(llm), "--data.train_pools", json.dumps([{"name": "a", "shards": pool}]),
                       "--data.text_pool", pool, "--data.val_sets", json.dumps({"b": bench})])
     assert checked == [True]
