@@ -115,7 +115,8 @@ def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     files = [str(audio / "long.flac"), str(audio / "short.wav"), str(audio / "missing.wav"),
              str(audio / "stereo.ogg"), str(audio / "silent.wav"), str(audio / "tiny.wav"), str(audio / "broken.mp3")]
     out_dir = tmp_path / "out"
-    proc = run_cli("predict", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+    configs = Path(__file__).parents[1] / "configs"
+    proc = run_cli("predict", "--config", str(configs / "it_fresh.yaml"), "--config", str(configs / "demo.yaml"),
                    "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "3",
                    "--model.report_dir", str(out_dir), "--data.predict.sets", "{}", "--data.val_sets", "{}",
                    "--data.num_workers", "0", "--data.predict.min_pause", "null",
