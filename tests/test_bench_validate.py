@@ -14,10 +14,10 @@ import pytest
 import torch
 from borealis.testing import make_pool
 
-from borealis.module import BorealisLightningModule
 from borealis.shards import SAMPLE_RATE, iter_shard, list_shards
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FLAGSHIP, DEMO = CONFIGS / "it_fresh.yaml", CONFIGS / "demo.yaml"  # the demo is an overlay on the flagship
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_validate.py"  # a script, not a package: loaded by path
 _spec = importlib.util.spec_from_file_location("bench_validate", TOOL)
 tool = sys.modules["bench_validate"] = importlib.util.module_from_spec(_spec)
@@ -25,10 +25,10 @@ _spec.loader.exec_module(tool)
 
 
 def _checkpoint(path: Path, tiny_parts) -> Path:
-    """A Lightning-style checkpoint of the random tiny model with demo.yaml's trainable set."""
+    """A Lightning-style checkpoint of the random tiny model with the demo's trainable set: the model
+    the merged configs build (LoRA and the adapter on a frozen encoder), seeded by their seed_everything."""
     enc, llm = tiny_parts
-    torch.manual_seed(0)
-    module = BorealisLightningModule(str(enc), str(llm), lora=None, freeze_encoder=False)
+    module = tool.build_cli([FLAGSHIP, DEMO], ["--model.encoder", str(enc), "--model.llm", str(llm)]).model
     module.configure_model()
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                   "pytorch-lightning_version": lightning.__version__}
@@ -49,7 +49,7 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
     ckpt = _checkpoint(tmp_path / "last.ckpt", tiny_parts)
     out = tmp_path / "bench.json"
     code = tool.main([
-        "--config", str(DEMO), "--ckpt_path", str(ckpt), "--limit", "5", "--repeats", "2", "--json", str(out), "--",
+        "--config", str(FLAGSHIP), "--config", str(DEMO), "--ckpt_path", str(ckpt), "--limit", "5", "--repeats", "2", "--json", str(out), "--",
         "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
         "--trainer.precision", "32-true", "--data.val_batching", json.dumps({"batch_size": 2}),
         "--data.val_sets", json.dumps({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")})])
