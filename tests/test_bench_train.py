@@ -150,7 +150,9 @@ def test_demo_shape_compares_the_reference_pipeline_on_real_samples(tmp_path, ti
     assert 11 < tokens["librispeech_like"]["mean_seconds"] < 13.5
     assert 140 < tokens["librispeech_like"]["trimmed"]["audio_tokens"] < 170  # ~12.3 s / 80 ms
     stdout = capsys.readouterr().out
-    assert "bench_train demo on cpu: borealis" in stdout and "librispeech_like" in stdout
+    first = next(line for line in stdout.splitlines() if line.startswith("bench_train demo on cpu: "))
+    assert first.startswith("bench_train demo on cpu: packed ") and " vs reference " in first  # the last pipeline vs the first
+    assert "librispeech_like" in stdout
 
 
 def test_naive_splice_equals_the_batched_one(tiny_model):
