@@ -222,7 +222,8 @@ def test_demo_speech_copies_match_and_its_benchmarks_are_held_out(tmp_path):
     make_corpus(parse_args(["--out", str(out), "--scale", "0.05", "--workers", "2", *TINY_MODELS]))
     shards = out / "shards"
     train = {p: str(shards / "train" / p) for p in ("asr_en", "asr_ru", "instruct", "text")}
-    bench = {p: str(shards / "bench" / p) for p in ("demo_en", "demo_ru", "demo_en_noisy")}
+    bench = {p: str(shards / "bench" / p) for p in ("demo_en", "demo_ru", "demo_en_random", "demo_ru_random",
+                                                     "demo_en_noisy")}  # configs/demo.yaml's data.val_sets
     report = find_overlaps(train | bench, benchmarks=list(bench), progress=False)
     assert report.conflicts() == []
     noisy = {(f.kind, f.pool_a, f.pool_b): f for f in report.findings}
