@@ -24,6 +24,7 @@ from borealis.seed_results import SEED_AVG_WER, SEED_PRETRAIN
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 IT_FRESH = CONFIG_DIR / "it_fresh.yaml"
 PRETRAIN = CONFIG_DIR / "pretrain.yaml"
+DEMO = CONFIG_DIR / "demo.yaml"  # the CPU demo: an overlay on it_fresh.yaml with the demo corpus's 5 benchmarks
 # configs/ablations/ holds the seed's grid only (what `borealis ablate run` runs); overlays that
 # modify a run without being a seed row live in configs/variants/.
 OVERLAYS = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))
@@ -93,11 +94,12 @@ def test_every_overlay_parses_on_it_fresh_and_starts_from_the_pretrain(overlay, 
 
 
 @pytest.mark.parametrize("configs", [[IT_FRESH], [PRETRAIN], *([IT_FRESH, o] for o in OVERLAYS),
-                                     [IT_FRESH, CONFIG_DIR / "variants" / "no_augment.yaml"]],
+                                     [IT_FRESH, CONFIG_DIR / "variants" / "no_augment.yaml"],
+                                     [IT_FRESH, DEMO], [IT_FRESH, DEMO, CONFIG_DIR / "variants" / "demo_no_augment.yaml"]],
                          ids=lambda c: "+".join(p.stem for p in c))
 def test_no_config_trains_on_a_benchmark(configs):
     data = _merged_data(*configs)
-    assert len(data["val_sets"]) == 6 and data["train_pools"]
+    assert len(data["val_sets"]) == (5 if DEMO in configs else 6) and data["train_pools"]
     assert benchmark_clashes(data) == []
 
 
