@@ -19,7 +19,8 @@ from borealis.shards import iter_shard, list_shards
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 ABLATIONS = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))  # overlays on it_fresh.yaml
-VARIANTS = {"no_augment.yaml": "it_fresh.yaml", "demo_no_augment.yaml": "demo.yaml"}  # configs/variants/ on their base
+BASES = {"demo.yaml": ("it_fresh.yaml",)}  # configs/*.yaml that are overlays, parsed on their base
+VARIANTS = {"no_augment.yaml": ("it_fresh.yaml",), "demo_no_augment.yaml": ("it_fresh.yaml", "demo.yaml")}  # configs/variants/ on their base
 
 
 def _parse(configs, tiny_parts):
@@ -34,7 +35,7 @@ def _parse(configs, tiny_parts):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses(config, tiny_parts):
-    cli = _parse([config], tiny_parts)
+    cli = _parse([*(CONFIG_DIR / b for b in BASES.get(config.name, ())), config], tiny_parts)
     assert cli.datamodule.prompt_builder is cli.model.prompt_builder  # linked, not rebuilt
     assert cli.datamodule.val_sets, "every config names its benchmarks"
     assert cli.trainer.accelerator is not None
@@ -43,7 +44,7 @@ def test_every_config_parses(config, tiny_parts):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variants_overlay_their_base_with_one_clean_stage(variant, tiny_parts):
     assert sorted(p.name for p in (CONFIG_DIR / "variants").glob("*.yaml")) == sorted(VARIANTS)
-    cli = _parse([CONFIG_DIR / VARIANTS[variant], CONFIG_DIR / "variants" / variant], tiny_parts)
+    cli = _parse([*(CONFIG_DIR / b for b in VARIANTS[variant]), CONFIG_DIR / "variants" / variant], tiny_parts)
     assert [stage.name for stage in cli.datamodule.augmentation.stages] == ["none"]
 
 
@@ -79,20 +80,22 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     for pool in ("noise", "ir"):  # demo.yaml's augmentation curriculum reads these (checked at setup)
         make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     runs = tmp_path / "demo" / "runs"  # demo.yaml's relative paths land under the working folder
-    common = ["--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
-              "--model.encoder", str(enc), "--model.llm", str(llm), 
-              "--model.max_new_tokens", "4",
+    common = ["--config", str(CONFIG_DIR / "it_fresh.yaml"), "--config", str(CONFIG_DIR / "demo.yaml"),
+              "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
               "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
               "--data.text_pool", str(tmp_path / "text"),
               "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}),
               "--data.predict.sets", json.dumps({"bench": str(tmp_path / "bench")}),
               "--data.batching", json.dumps({"batch_size": 4, "max_seconds_per_batch": None}), "--data.batches_per_epoch", "3",
               "--data.max_seconds", "2.0", "--data.num_workers", "1"]
-    run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", cwd=tmp_path)
+    run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
+            "--trainer.num_sanity_val_steps", "0", cwd=tmp_path)  # the epoch's validation runs; no sanity pass before it
+    assert (runs / "checkpoints" / "epoch=0-step=3.ckpt").is_file()  # the demo keeps the best by val/wer_avg
     ckpt = runs / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert state and all(k.startswith("model.") for k in state)
-    assert "model.encoder.conv1.weight" in state  # demo trains the encoder fully
+    assert any(".lora_A." in k for k in state) and any(k.startswith("model.adapter.") for k in state)
+    assert not any(k.startswith("model.encoder.") for k in state)  # the demo's encoder is frozen, as the flagship's
     events = list((runs / "tb").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard events"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -101,7 +104,7 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/audio_sec_per_sec", "train/tokens_per_sec", "train/padding_ratio",
-            "train/augment_stage"} <= tags
+            "train/augment_stage", "val/wer_avg"} <= tags
     assert all(e.value > 0 for e in acc.Scalars("train/tokens_per_sec"))
 
     out = run_cli("validate", *common, "--ckpt_path", str(ckpt), cwd=tmp_path)
