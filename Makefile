@@ -25,19 +25,24 @@ espeak:
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null || \
 	  { echo "espeak-ng is missing and could not be installed: run 'apt-get install espeak-ng' as root" >&2; exit 1; }; }
 
+# The demo is the flagship config with the demo overlay on top; SEED=n seeds the model and the data
+# (--seed_everything n --data.seed n; unset: the flagship's 42).
+DEMO_CONFIG := --config configs/it_fresh.yaml --config configs/demo.yaml
+SEED_ARGS := $(if $(SEED),--seed_everything $(SEED) --data.seed $(SEED))
+
 demo: install espeak $(DEMO_DIR)/corpus.json
-	$(VENV)/bin/borealis fit --config configs/demo.yaml
-	$(VENV)/bin/borealis validate --config configs/demo.yaml --ckpt_path $(DEMO_DIR)/runs/checkpoints/last.ckpt
+	$(VENV)/bin/borealis fit $(DEMO_CONFIG) $(SEED_ARGS)
+	$(VENV)/bin/borealis validate $(DEMO_CONFIG) $(SEED_ARGS) --ckpt_path $(DEMO_DIR)/runs/checkpoints/last.ckpt
 
 # The augmentation ablation: the same demo without the curriculum (BENCHMARKS.md compares the two).
 demo-ablation: install espeak $(DEMO_DIR)/corpus.json
-	$(VENV)/bin/borealis fit --config configs/demo.yaml --config configs/variants/demo_no_augment.yaml
-	$(VENV)/bin/borealis validate --config configs/demo.yaml --config configs/variants/demo_no_augment.yaml \
+	$(VENV)/bin/borealis fit $(DEMO_CONFIG) --config configs/variants/demo_no_augment.yaml $(SEED_ARGS)
+	$(VENV)/bin/borealis validate $(DEMO_CONFIG) --config configs/variants/demo_no_augment.yaml $(SEED_ARGS) \
 	  --ckpt_path $(DEMO_DIR)/runs_none/checkpoints/last.ckpt
 
 # The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs,
-# and rebuilt when the demo builder's sources change.
-$(DEMO_DIR)/corpus.json: $(wildcard borealis/demo/*.py)
+# and rebuilt when the corpus builder's sources change (bases.py pretrains the shipped bases, not the corpus).
+$(DEMO_DIR)/corpus.json: $(filter-out borealis/demo/bases.py,$(wildcard borealis/demo/*.py))
 	$(MAKE) install espeak
 	$(VENV)/bin/borealis demo --out $(DEMO_DIR) --overwrite
 

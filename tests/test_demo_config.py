@@ -1,0 +1,130 @@
+"""configs/demo.yaml is the flagship (configs/it_fresh.yaml) scaled down, and nothing else.
+
+Every key the overlay changes must be one that scale forces (`ALLOWED`, with the reason);
+inside the lists it replaces (callbacks, curriculum stages) only paths, schedule lengths and
+shapes may differ. The recipe itself is asserted on the merged configuration as the CLI
+parses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from borealis.testing import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGSHIP, DEMO = ROOT / "configs" / "it_fresh.yaml", ROOT / "configs" / "demo.yaml"
+
+# Dotted keys (or their parents) the demo may set differently from the flagship, and why.
+ALLOWED = {
+    "trainer.accelerator": "devices/accelerator/precision", "trainer.devices": "devices/accelerator/precision",
+    "trainer.num_nodes": "devices/accelerator/precision", "trainer.strategy": "devices/accelerator/precision",
+    "trainer.precision": "devices/accelerator/precision", "model.base_dtype": "devices/accelerator/precision",
+    "model.activation_checkpointing": "devices (memory)", "data.num_workers": "devices (CPU cores)", "data.val_num_workers": "devices (CPU cores)",
+    "trainer.accumulate_grad_batches": "batching", "data.batching": "batching", "data.val_batching": "batching",
+    "data.shuffle_buffer": "batching",
+    "trainer.max_epochs": "steps and epochs", "data.batches_per_epoch": "steps and epochs",
+    "trainer.log_every_n_steps": "steps and epochs",
+    "trainer.default_root_dir": "output folders", "trainer.logger": "output folders",
+    "checkpoint.dirpath": "output folders", "model.report_dir": "output folders",
+    "model.encoder": "base paths", "model.llm": "base paths",
+    "model.encoder_window": "base shapes", "model.trim_audio_tokens": "base shapes",
+    "model.max_new_tokens": "base shapes", "data.min_seconds": "base shapes", "data.max_seconds": "base shapes",
+    "model.lora.r": "LoRA rank", "model.lora.alpha": "LoRA rank (alpha/r kept)",
+    "model.learning_rate": "learning rate", "model.warmup_steps": "schedule lengths",
+    "model.min_lr_ratio": "schedule lengths",
+    "data.train_pools": "data paths", "data.text_pool": "data paths", "data.val_sets": "data paths",
+    "data.predict": "data paths",
+}
+# Lists the demo restates whole, compared element by element below.
+CHECKED_LISTS = ("trainer.callbacks", "data.augmentation")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and name not in ALLOWED and name not in CHECKED_LISTS:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_the_demo_changes_only_what_scale_forces():
+    flagship, demo = _flatten(_load(FLAGSHIP)), _flatten(_load(DEMO))
+    unknown = sorted(k for k in demo if k not in flagship and k not in ALLOWED)
+    assert not unknown, f"the demo sets keys the flagship does not have: {unknown}"
+    changed = sorted(k for k in demo if demo[k] != flagship.get(k))
+    forbidden = [k for k in changed if k not in ALLOWED and k not in CHECKED_LISTS]
+    assert not forbidden, f"the demo changes {forbidden}, which scale does not force (allowed: {sorted(ALLOWED)})"
+
+
+def test_callbacks_differ_only_in_their_folders():
+    flagship, demo = _lookup(_load(FLAGSHIP), "trainer.callbacks"), _lookup(_load(DEMO), "trainer.callbacks")
+    assert [c["class_path"] for c in demo] == [c["class_path"] for c in flagship]
+    for ours, theirs in zip(demo, flagship):
+        strip = lambda c: {k: v for k, v in c.get("init_args", {}).items() if k != "dirpath"}  # noqa: E731
+        assert strip(ours) == strip(theirs), ours["class_path"]
+
+
+def test_the_curriculum_has_the_flagships_stages_and_effects():
+    """Same stage names and order, same effects with the same settings; only noise/IR pool
+    paths, stage start epochs and SpecAugment widths may differ."""
+    flagship = _lookup(_load(FLAGSHIP), "data.augmentation.stages")
+    demo = _lookup(_load(DEMO), "data.augmentation.stages")
+    assert [s["name"] for s in demo] == [s["name"] for s in flagship]
+    starts = [s.get("start_epoch", 0) for s in demo]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    for ours, theirs in zip(demo, flagship):
+        assert [e["class_path"] for e in ours.get("effects", [])] == [e["class_path"] for e in theirs.get("effects", [])]
+        for a, b in zip(ours.get("effects", []), theirs.get("effects", [])):
+            strip = lambda e: {k: v for k, v in e["init_args"].items() if k != "pool"}  # noqa: E731
+            assert strip(a) == strip(b), a["class_path"]
+            assert ("pool" in a["init_args"]) == ("pool" in b["init_args"])
+        ours_spec, theirs_spec = ours.get("spec_augment"), theirs.get("spec_augment")
+        assert (ours_spec is None) == (theirs_spec is None)
+        if ours_spec:
+            assert {k: v for k, v in ours_spec.items() if not k.endswith("width")} == \
+                   {k: v for k, v in theirs_spec.items() if not k.endswith("width")}
+
+
+def test_a_difference_outside_the_list_fails(tmp_path, monkeypatch):
+    """The check itself: a demo that unfreezes the encoder is caught."""
+    bad = _load(DEMO)
+    bad["model"]["freeze_encoder"] = False
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    monkeypatch.setattr(__import__(__name__), "DEMO", path)
+    with pytest.raises(AssertionError, match="model.freeze_encoder"):
+        test_the_demo_changes_only_what_scale_forces()
+
+
+@pytest.mark.slow
+def test_the_merged_config_is_the_recipe():
+    """The CLI's own merge of the two files: frozen encoder, simple adapter, 4x stacking,
+    LoRA on the seven projections, the flagship's prompt and text share."""
+    result = run_cli("fit", "--config", str(FLAGSHIP), "--config", str(DEMO), "--print_config", cwd=ROOT)
+    merged = yaml.safe_load(result.stdout)
+    model, data = merged["model"], merged["data"]
+    assert model["freeze_encoder"] is True
+    assert model["adapter"] == "simple" and model["downsample_factor"] == 4
+    assert sorted(model["lora"]["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert model["lora"]["alpha"] / model["lora"]["r"] == 512 / 256
+    assert model["encoder"] == "models/demo/whisper" and model["llm"] == "models/demo/qwen3"
+    assert data["text_ratio"] == _lookup(_load(FLAGSHIP), "data.text_ratio")
+    assert merged["trainer"]["accelerator"] == "cpu" and merged["trainer"]["precision"] == "32-true"
