@@ -16,6 +16,8 @@ from borealis.testing import build_tokenizer, tiny_qwen3_config, tiny_whisper_co
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # setup.cfg runs 2 workers: one torch thread each, not two
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
