@@ -114,9 +114,11 @@ def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
             "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}),
             "--data.batching", json.dumps({"batch_size": 3}), "--data.val_batching", json.dumps({"batch_size": 2}),
             "--data.max_seconds", "2.0", "--data.num_workers", "1", "--data.batches_per_epoch", "3"]
-    demo = ["--config", str(REPO / "configs" / "demo.yaml")]
+    demo = ["--config", str(REPO / "configs" / "it_fresh.yaml"), "--config", str(REPO / "configs" / "demo.yaml")]
     fsdp = [*demo, "--config", str(OVERLAY), *model, *data, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-            "--trainer.callbacks+=test_strategies.DumpFSDPRank", "--trainer.callbacks.folder", str(tmp_path / "dumps")]
+            "--trainer.callbacks+=test_strategies.DumpFSDPRank", "--trainer.callbacks.folder", str(tmp_path / "dumps"),
+            "--trainer.limit_val_batches", "0"]  # no validation inside the FSDP fit (after a validation pass the
+                                                 # next training step hangs on 2 gloo ranks); the checkpoint is validated below
 
     def fit(tag: str, epochs: int, *extra: str) -> list[dict]:
         run_cli("fit", *fsdp, "--trainer.callbacks.tag", tag, "--trainer.max_epochs", str(epochs), *extra,
