@@ -260,7 +260,8 @@ def test_borealis_fit_writes_the_throughput_tags(tmp_path, tiny_parts):
     make_pool(tmp_path / "text", "t", range(8), text_only=True)
     make_pool(tmp_path / "bench", "v", range(100, 102))  # held out from the training ids
     proc = run_cli(
-        "fit", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+        "fit", "--config", str(Path(__file__).parents[1] / "configs" / "it_fresh.yaml"),
+        "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
         "--model.encoder", str(enc), "--model.llm", str(llm), "--data.augmentation", "null",
         "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
         "--data.text_pool", str(tmp_path / "text"), "--data.text_ratio", "0.3",

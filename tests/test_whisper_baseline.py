@@ -144,7 +144,8 @@ def test_validate_through_the_cli_shows_the_whisper_row(tmp_path, tiny_parts):
     build_tiny_whisper(whisper, SIZE)  # as `borealis demo` writes it: WhisperModel + tokenizer + generation config
     make_pool(tmp_path / "bench", "v", range(6), max_samples=4)
     make_pool(tmp_path / "text", "t", range(4), text_only=True)
-    out = run_cli("validate", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+    configs = Path(__file__).parents[1] / "configs"
+    out = run_cli("validate", "--config", str(configs / "it_fresh.yaml"), "--config", str(configs / "demo.yaml"),
                   "--model.encoder", str(whisper), "--model.llm", str(tiny_parts[1]), "--model.max_new_tokens", "4",
                   "--model.report_dir", str(tmp_path / "report"), "--data.train_pools", "[]",
                   "--data.text_pool", str(tmp_path / "text"), "--data.augmentation", "null",
