@@ -17,7 +17,10 @@
   waits included) and overall (epoch start to end): `val/rtfx`, `val/rtfx/<name>` and wer.json.
   The sums and each rank's wall times travel in one all-gather per epoch: sums add, so the WER
   is exact across ranks; wall times take the max (the slowest rank). tools/bench_validate.py
-  compares it with one-by-one generation (figures in BENCHMARKS.md).
+  compares it with one-by-one generation (figures in BENCHMARKS.md). Under sharded weights
+  (FSDP, ZeRO-3) every forward is a collective, so the ranks generate in step
+  (`generate(synced_gpus=True)`), each until all ranks' rows are finished; pad batches
+  (`data.RankBatches`) give every rank the same number of validation steps.
 * `borealis validate` (and `test`) also scores the encoder-decoder Whisper named by `encoder`,
   the seed's baseline row (`whisper_baseline.WhisperBaseline`): same batches, log-mel and
   normaliser, language tokens from each sample's metadata. It is a row of the table and
@@ -64,7 +67,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, WhisperConfig
@@ -389,10 +392,22 @@ class BorealisLightningModule(L.LightningModule):
         self._log_data_errors(batch)  # throughput (tokens/s, data wait, MFU): the `throughput.Throughput` callback
 
     # ------------------------------------------------------------------ generation
+    def _weights_sharded(self) -> bool:
+        """Whether the weights are sharded over 2+ ranks (FSDP, FSDP2/tensor parallel, ZeRO-3), so that
+        every forward of a sharded layer is a collective all ranks must join."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is None or strategy.world_size < 2:
+            return False
+        if isinstance(strategy, DeepSpeedStrategy):
+            return strategy.zero_stage_3
+        return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
     def _generate(self, batch: dict) -> list[str]:
+        # Sharded weights: every rank runs the same forwards, however soon its own rows finish
+        # (`generate(synced_gpus=True)`: one all-reduce per step); DDP and one device run their own.
         ids = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   waveforms=batch["waveforms"], audio_lengths=batch["audio_lengths"],
-                                  max_new_tokens=self.hparams.max_new_tokens)
+                                  max_new_tokens=self.hparams.max_new_tokens, synced_gpus=self._weights_sharded())
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def _benchmark_names(self) -> list[str]:

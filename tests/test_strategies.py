@@ -4,8 +4,10 @@
 The 2-rank run checks what FSDP must do here: the Whisper and Qwen3 layers are the FSDP
 units and the Qwen3 layers are checkpointed; AdamW holds the trainable parameters only; both
 ranks run the same number of optimizer steps; last.ckpt holds exactly the trainable weights
-(gathered in full, no frozen base); `--ckpt_path last` resumes them exactly under FSDP; and
-`borealis validate` reads the FSDP checkpoint on one process. ~50 s on 2 cores.
+(gathered in full, no frozen base); `--ckpt_path last` resumes them exactly under FSDP;
+the fit validates under FSDP (every rank generates in step, `generate(synced_gpus=True)`: a rank
+that ran fewer forwards of the sharded layers would deadlock the others) and trains on after it;
+and `borealis validate` reads the FSDP checkpoint on one process. ~50 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ OVERLAY = REPO / "configs" / "distributed" / "fsdp.yaml"
 
 class DumpFSDPRank(L.Callback):
     """Test helper (loaded by the subprocess from tests/): at train start and end each rank
-    saves its step, how the model was wrapped, what AdamW holds, and the full trainable
-    weights (gathered from the shards), keyed by checkpoint name."""
+    saves its step, how the model was wrapped, what AdamW holds, the full trainable
+    weights (gathered from the shards), keyed by checkpoint name, and the validation steps
+    it ran inside the fit (sanity check excluded) with the last `val/wer_avg`."""
 
     def __init__(self, folder: str, tag: str) -> None:
         self.folder, self.tag = folder, tag
+        self.val_batches, self.val_wer = 0, None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val_batches += not trainer.sanity_checking
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.val_wer = float(trainer.callback_metrics["val/wer_avg"])
 
     def _dump(self, trainer, pl_module, when: str) -> None:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
@@ -56,7 +67,8 @@ class DumpFSDPRank(L.Callback):
         torch.save({"global_step": trainer.global_step, "world_size": trainer.world_size,
                     "strategy": type(trainer.strategy).__name__, "units": units, "checkpointed": checkpointed,
                     "optimizer_is_trainable": {id(p) for p in optimized} == {id(p) for p in trainable},
-                    "weights": weights, "total_numel": total},
+                    "weights": weights, "total_numel": total, "val_batches": self.val_batches,
+                    "val_wer": self.val_wer},
                    Path(self.folder) / f"{self.tag}-{when}-rank{trainer.global_rank}.pt")
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -116,9 +128,7 @@ def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
             "--data.max_seconds", "2.0", "--data.num_workers", "1", "--data.batches_per_epoch", "3"]
     demo = ["--config", str(REPO / "configs" / "it_fresh.yaml"), "--config", str(REPO / "configs" / "demo.yaml")]
     fsdp = [*demo, "--config", str(OVERLAY), *model, *data, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-            "--trainer.callbacks+=test_strategies.DumpFSDPRank", "--trainer.callbacks.folder", str(tmp_path / "dumps"),
-            "--trainer.limit_val_batches", "0"]  # no validation inside the FSDP fit (after a validation pass the
-                                                 # next training step hangs on 2 gloo ranks); the checkpoint is validated below
+            "--trainer.callbacks+=test_strategies.DumpFSDPRank", "--trainer.callbacks.folder", str(tmp_path / "dumps")]
 
     def fit(tag: str, epochs: int, *extra: str) -> list[dict]:
         run_cli("fit", *fsdp, "--trainer.callbacks.tag", tag, "--trainer.max_epochs", str(epochs), *extra,
@@ -134,6 +144,8 @@ def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
                                 "WhisperEncoderLayer", "WhisperEncoderLayer"]  # the root + one unit per layer
         assert end["checkpointed"] == ["Qwen3DecoderLayer", "Qwen3DecoderLayer"]
         assert end["optimizer_is_trainable"]
+        # 11 clips in batches of 2: 6 batches, 3 per rank; rank 1's last holds 1 clip, rank 0's 2
+        assert end["val_batches"] == 3 and math.isfinite(end["val_wer"])
     weights = first[0]["end"]["weights"]
     assert any(not torch.equal(v, first[0]["start"]["weights"][k]) for k, v in weights.items())  # it trained
 
@@ -157,7 +169,7 @@ def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
 
     second = fit("second", 2, "--ckpt_path", "last")  # resume under FSDP
     for rank in second:
-        assert rank["end"]["global_step"] == 6
+        assert rank["end"]["global_step"] == 6 and rank["end"]["val_batches"] == 3  # trained after the sanity check
         for key, value in rank["start"]["weights"].items():  # restored exactly from the checkpoint
             assert torch.equal(value, weights[key]), key
 

@@ -286,11 +286,20 @@ class BorealisForConditionalGeneration(PreTrainedModel):
                  system_prompt: str | None = None, max_new_tokens: int = 256, *,
                  input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  waveforms: torch.Tensor | None = None, audio_lengths: torch.Tensor | None = None,
-                 **generate_kwargs) -> torch.Tensor:
+                 synced_gpus: bool = False, **generate_kwargs) -> torch.Tensor:
         """Greedy (by default) generation with the KV cache; returns (B, new_tokens) ids.
 
         In a batch, the prompt prefix every row shares (system turn, instruction) is prefilled
         once (`_prefill_shared_prefix`); pass `cache=None` to prefill every row whole.
+
+        `synced_gpus=True` is for weights sharded over ranks (FSDP, DeepSpeed ZeRO-3), where every
+        forward of a sharded layer is a collective that all ranks must join: each rank then runs
+        the same forwards whatever its batch holds. The LLM keeps stepping until every rank's rows
+        are finished (transformers' `synced_gpus`: one all-reduce of an "all finished" flag per
+        step, the finished ranks' tokens discarded); the shared-prefix pass is skipped (whether a
+        batch has a shared prefix depends on its rows, and under sharding that pass would gather
+        every decoder layer once more per batch); and a batch without audio runs the encoder on
+        one silent sample, its output discarded. The greedy tokens are those of `synced_gpus=False`.
 
         Args:
             audio: a 1-D float tensor (or array) at 16 kHz, or a list of them (a batch, left-padded).
@@ -299,6 +308,8 @@ class BorealisForConditionalGeneration(PreTrainedModel):
             max_new_tokens: generation limit.
             input_ids / attention_mask / waveforms / audio_lengths: a prepared left-padded batch
                 (the collator's) instead of `audio` and `user_prompt`.
+            synced_gpus: run the same forwards as the other ranks (see above); needs
+                `torch.distributed` initialised. False costs nothing.
             **generate_kwargs: passed to the LLM's `generate` (e.g. do_sample=True).
         """
         if audio is not None:
@@ -306,14 +317,17 @@ class BorealisForConditionalGeneration(PreTrainedModel):
         if input_ids is None:
             raise ValueError("generate needs either audio= and user_prompt= or input_ids=")
         embeds = self.embed(input_ids, waveforms, audio_lengths)
+        if synced_gpus and waveforms is None:  # the encoder's layers gather as on the ranks with audio
+            silence = embeds.new_zeros(1, 1, dtype=torch.float32)  # (1, S=1)
+            self.encode_audio(self.log_mel(silence, torch.ones(1, dtype=torch.long, device=silence.device)))
         prompts = self.prompts
         generate_kwargs.setdefault("do_sample", False)
-        if attention_mask is not None and "cache" not in generate_kwargs:
+        if attention_mask is not None and "cache" not in generate_kwargs and not synced_gpus:
             embeds, attention_mask, generate_kwargs["cache"] = self._prefill_shared_prefix(
                 input_ids, attention_mask, embeds)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                  eos_token_id=prompts.eos_token_id, pad_token_id=prompts.pad_token_id,
-                                 **generate_kwargs)
+                                 synced_gpus=synced_gpus, **generate_kwargs)
 
     def _prefill_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embeds: torch.Tensor):
         """Run the prompt prefix that every row shares once and hand its KV cache to `generate`.
