@@ -177,3 +177,67 @@ def test_suite_tiny_cpu_rows_share_samples_and_report_ratios(tmp_path):
     for r in rows.values():
         assert r["samples"] == 2 and r["step_ms"] > 0 and math.isfinite(r["loss"]) and r["tokens_per_sec"] > 0
     assert rows["packed"]["padding_share"] <= rows["seed"]["padding_share"] + 0.1  # packing adds at most the row tail
+
+
+def test_demo_defaults_to_the_flagship_under_the_demo_overlay(monkeypatch):
+    """No --config: configs/it_fresh.yaml, then configs/demo.yaml, merged as `make demo` loads them.
+    The overlay sets the LoRA rank; the dropout, target modules and frozen encoder are the flagship's;
+    the batching is the demo's packed one, which sets the budgets of every pipeline."""
+    monkeypatch.chdir(bench.REPO_ROOT)  # the configs' paths are relative to the checkout, as for `make demo`
+    args, _ = bench.parse_args(["--shape", "demo"])
+    assert args.config == [bench.REPO_ROOT / "configs" / "it_fresh.yaml", bench.REPO_ROOT / "configs" / "demo.yaml"]
+    model, data = bench.demo_settings(args.config)
+    assert (model["encoder"], model["llm"]) == ("models/demo/whisper", "models/demo/qwen3")  # the demo's bases
+    assert model["lora"] == {"r": 32, "alpha": 64, "dropout": 0.0,  # the demo's rank, the flagship's dropout
+                             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"]}
+    assert model["freeze_encoder"] is True and model["adapter"] == "simple" and model["downsample_factor"] == 4
+    assert data["batching"] == {"pack": True, "max_tokens_per_row": 640, "max_tokens_per_batch": 1280}
+    assert data["max_seconds"] == 3.0 and all(p["shards"].startswith("demo/shards/") for p in data["train_pools"])
+
+    tokens = {"demo": {"trimmed": {"llm_tokens": 80.0}, "max_untrimmed_tokens": 90, "mean_seconds": 2.0}}
+    bench.batch_budgets(args, data["batching"], data["max_seconds"], tokens)
+    assert args.batch_size == 16  # 1280 packed tokens / 80 per trimmed sample: the samples a packed step holds
+    assert (args.max_tokens_per_batch, args.max_tokens_per_row) == (1280, 640)  # the demo's packed batching
+    assert args.max_seconds_per_batch == 16 * 3.0  # the reference batch's audio, every clip padded to 3 s
+
+    given, _ = bench.parse_args(["--shape", "demo", "--batch-size", "5", "--max-tokens-per-row", "700"])
+    bench.batch_budgets(given, data["batching"], data["max_seconds"], tokens)
+    assert (given.batch_size, given.max_tokens_per_batch, given.max_tokens_per_row) == (5, 1280, 700)
+    assert given.max_seconds_per_batch == 5 * 3.0
+    with pytest.raises(ValueError, match="pass --batch-size"):
+        bench.batch_budgets(bench.parse_args(["--shape", "demo"])[0], {"pack": False}, 3.0, tokens)
+
+
+def test_demo_stacks_configs_and_builds_the_merged_model(tmp_path, tiny_parts, monkeypatch):
+    """Two --config files, merged: the model the pipelines build has the base's LoRA targets and
+    dropout at the overlay's rank, and the packed pipeline runs the overlay's packed batching."""
+    from borealis.testing import make_pool
+
+    enc, llm = tiny_parts
+    make_pool(tmp_path / "a", "a", range(12), seconds=lambda i: 0.2 + 0.1 * (i % 7))
+    base, overlay = tmp_path / "base.yaml", tmp_path / "overlay.yaml"
+    base.write_text(json.dumps({  # JSON is YAML
+        "model": {"encoder": "hub/whisper", "llm": "hub/qwen3", "freeze_encoder": True,
+                  "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}},
+        "data": {"train_pools": [{"name": "big", "shards": "shards/big"}], "max_seconds": 30.0,
+                 "batching": {"pack": True, "max_tokens_per_row": 4096, "max_tokens_per_batch": 8192}}}))
+    overlay.write_text(json.dumps({
+        "model": {"encoder": str(enc), "llm": str(llm), "lora": {"r": 4, "alpha": 8}},
+        "data": {"train_pools": [{"name": "a", "shards": str(tmp_path / "a")}], "min_seconds": 0.1,
+                 "max_seconds": 2.0, "batching": {"max_tokens_per_row": 200, "max_tokens_per_batch": 400}}}))
+    built = []
+    from_parts = bench.BorealisForConditionalGeneration.from_parts
+    monkeypatch.setattr(bench.BorealisForConditionalGeneration, "from_parts",
+                        lambda *a, **kw: built.append(kw) or from_parts(*a, **kw))
+    report = bench.main(["--shape", "demo", "--config", str(base), "--config", str(overlay), "--samples", "12",
+                         "--warmup", "0", "--pipelines", "reference", "packed"])
+    merged = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}  # the overlay's rank
+    assert [kw["lora"] for kw in built] == [merged, merged]  # one model per pipeline
+    assert all(kw["freeze_encoder"] is True for kw in built)
+    rows = {r["pipeline"]: r for r in report["rows"]}
+    assert rows["packed"]["budget"] == {"max_tokens_per_batch": 400, "max_tokens_per_row": 200}
+    batch = round(400 / report["tokens_per_sample"]["demo"]["trimmed"]["llm_tokens"])  # samples a packed batch holds
+    assert report["settings"]["batch_size"] == batch
+    assert rows["reference"]["batches"] == math.ceil(12 / batch)
+    assert report["settings"]["config"] == [str(base), str(overlay)] and str(overlay) in report["shapes"]

@@ -3,13 +3,21 @@
 Three shapes (`--shape`):
     flagship  Borealis-5B, synthetic batches, on a GPU (the default where CUDA is available);
     tiny      tiny widths on the same 30 s geometry, synthetic: a CPU smoke run of the variants;
-    demo      the `--config` model (configs/demo.yaml: the demo's encoder and LLM) trained on
-              real demo samples, on the CPU (the default there): the reference pipeline against
-              Borealis's, measured in the same run, below.
+    demo      the model of the `--config` files trained on real demo samples, on the CPU (the
+              default there): the reference pipeline against Borealis's, measured in the same
+              run, below.
 
---shape demo. Every pipeline builds the same model (same seed) and trains one pass over the
-same `--samples` real samples (the pools of `data.train_pools`, mixed by weight), after
-`--warmup` untimed steps; data loading is not timed (samples are decoded and tokenised first).
+--shape demo. The configs are merged as `borealis fit --config a --config b` merges them (later
+files win, nested mappings key by key: `settings.merged_section`); the default is the demo as
+`make demo` trains it, configs/it_fresh.yaml then the configs/demo.yaml overlay: the demo's
+encoder and LLM, the flagship's frozen encoder, adapter and LoRA (target modules, dropout) at the
+demo's rank, and the demo's packed batching. Every pipeline builds the same model (same seed)
+and trains one pass over the same `--samples` real samples (the pools of `data.train_pools`,
+mixed by weight), after `--warmup` untimed steps; data loading is not timed (samples are decoded
+and tokenised first). Budgets follow the config's `data.batching`: a packed one (the demo's
+rows of 640 tokens, 1280 per batch) is the packed pipeline's, its token budget also cuts the
+bucketed pipelines' batches under --budget tokens, and the reference pipeline's fixed batch
+holds the samples it packs on average (1280 / ~80 tokens: ~16); see `batch_budgets`.
 Each row adds one change to the row above; speed-up = samples/s over the first row's:
     reference       the reference research code's per-sample approach: every clip padded to the encoder window (the
                     demo's 3 s, the flagship's 30 s), the window's audio slots in every prompt
@@ -19,16 +27,17 @@ Each row adds one change to the row above; speed-up = samples/s over the first r
     trim            trim_audio_tokens: each clip gets ceil(frames / 2k) slots, its real length.
     bucket          length bucketing: buckets of --bucket-size samples sorted by size and cut
                     by a padded budget (`data.Batching`): --budget seconds (the default,
-                    max_seconds_per_batch = batch size x data.max_seconds, the reference batch's
-                    audio) or tokens (max_tokens_per_batch = batch size x the longest
-                    untrimmed row).
+                    the config's max_seconds_per_batch, else batch size x data.max_seconds, the
+                    reference batch's audio) or tokens (the config's max_tokens_per_batch, else
+                    batch size x the longest untrimmed row).
     encoder_window  encoder_window: batch: the log-mel padded to the batch's longest clip, not
                     to the window, so the encoder skips the padding too.
     borealis        the LM head on the labelled positions only (`modeling.loss`, what the
                     training step runs), not on every position.
     packed          several samples per row (`data.Batching.pack`): rows of --max-tokens-per-row
                     tokens cut by the token budget --max-tokens-per-batch (whatever --budget
-                    says for the rows above), each sample with its own positions and attention.
+                    says for the rows above; by default the config's packed batching), each
+                    sample with its own positions and attention.
 Columns: LLM pad % (pad tokens / padded tokens), + silent slots % (also counting audio slots
 past the end of their clip: real tokens to the LLM, but silence), enc pad % (encoder frames
 past the end of each clip), GFLOP (`flops.step_flops`, useful work only), samples/s, audio-s/s,
@@ -502,8 +511,10 @@ def batch_stats(batches: list[dict], model: BorealisForConditionalGeneration, la
 
 
 def run_pipeline(pipeline: Pipeline, samples: list[dict], settings: dict, args: argparse.Namespace) -> dict:
-    """Build the demo model for `pipeline`, then time one pass over `samples`: every step is
-    forward + backward + clip + AdamW, as the demo trains (float32, encoder and LLM trained)."""
+    """Build the config's model for `pipeline`, then time one pass over `samples`: every step is
+    forward + backward + clip + AdamW, as the demo trains, in float32. What trains follows
+    `settings` (the merged `model:` section): with the default configs the adapter and the LLM's
+    LoRA factors train, and the encoder and the LLM's base weights are frozen."""
     from borealis.data import collate, encode_sample
 
     torch.manual_seed(0)
@@ -600,47 +611,93 @@ def tokens_per_sample(samples: list[dict], settings: dict, seed: int = 0, count:
 LIBRISPEECH_MEAN, LIBRISPEECH_SHAPE, LIBRISPEECH_TEXT_TOKENS_PER_SECOND = 12.3, 10.0, 3.5
 
 
-def demo_settings(config_path: Path) -> tuple[dict, dict]:
-    """(model, data) sections of a training YAML such as configs/demo.yaml."""
-    import yaml
+DEMO_CONFIGS = [REPO_ROOT / "configs" / "it_fresh.yaml", REPO_ROOT / "configs" / "demo.yaml"]  # as `make demo`
 
-    config = yaml.safe_load(config_path.read_text())
-    model, data = config.get("model") or {}, config.get("data") or {}
-    missing = [k for k in ("encoder", "llm") if not model.get(k)]
-    if missing or not data.get("train_pools"):
-        raise ValueError(f"{config_path}: model.encoder, model.llm and data.train_pools are needed, "
-                         f"missing {missing + ([] if data.get('train_pools') else ['data.train_pools'])}")
+
+def demo_settings(configs: list[Path]) -> tuple[dict, dict]:
+    """(model, data) sections of stacked training YAMLs, merged as the CLI merges `--config a
+    --config b` (`settings.merged_section`), as plain dicts (`settings.plain`: a `class_path` /
+    `init_args` spelling becomes its `init_args`)."""
+    from borealis.settings import merged_section, plain
+
+    model, data = plain(merged_section(configs, "model")), plain(merged_section(configs, "data"))
+    named = " + ".join(map(str, configs))
+    missing = [f"model.{k}" for k in ("encoder", "llm") if not model.get(k)]
+    missing += [] if data.get("train_pools") else ["data.train_pools"]
+    if missing:
+        raise ValueError(f"{named}: model.encoder, model.llm and data.train_pools are needed, missing {missing}")
     for key in ("encoder", "llm"):
         if not Path(model[key]).is_dir():
-            raise FileNotFoundError(f"{config_path}: model.{key} = {model[key]} is not a folder; build the demo "
+            raise FileNotFoundError(f"{named}: model.{key} = {model[key]} is not a folder; build the demo "
                                     f"corpus first: borealis demo --out demo")
     return model, data
 
 
+def batch_budgets(args: argparse.Namespace, batching: dict, max_seconds: float, tokens: dict) -> None:
+    """Fill the budgets the command line left unset from the config's `data.batching`, so that
+    every pipeline's step holds about as much as the config's:
+
+    * --batch-size (the reference's fixed batch): the config's batch_size; else the samples its
+      budget holds on average: max_tokens_per_batch / a trimmed sample's mean LLM tokens (what
+      Borealis packs or buckets), or max_seconds_per_batch / the mean clip.
+    * --max-tokens-per-batch: the config's; else batch size x the longest untrimmed row (the
+      reference batch's padded footprint).
+    * --max-seconds-per-batch: the config's; else batch size x data.max_seconds (the reference
+      batch's audio: every clip padded to the window).
+    * --max-tokens-per-row: the config's packed rows; else a quarter of the token budget, at
+      least the longest sample.
+
+    Raises:
+        ValueError: no --batch-size and the config's batching sets no budget to derive it from.
+    """
+    demo = tokens["demo"]
+    if args.batch_size is None:
+        if batching.get("batch_size"):
+            args.batch_size = batching["batch_size"]
+        elif batching.get("max_tokens_per_batch"):
+            args.batch_size = max(1, round(batching["max_tokens_per_batch"] / demo["trimmed"]["llm_tokens"]))
+        elif batching.get("max_seconds_per_batch"):
+            args.batch_size = max(1, round(batching["max_seconds_per_batch"] / demo["mean_seconds"]))
+        else:
+            raise ValueError(f"data.batching = {batching} sets none of batch_size, max_tokens_per_batch, "
+                             f"max_seconds_per_batch; pass --batch-size")
+    if args.max_tokens_per_batch is None:
+        args.max_tokens_per_batch = (batching.get("max_tokens_per_batch")
+                                     or args.batch_size * demo["max_untrimmed_tokens"])
+    if args.max_seconds_per_batch is None:
+        args.max_seconds_per_batch = batching.get("max_seconds_per_batch") or args.batch_size * max_seconds
+    if args.max_tokens_per_row is None:
+        row = batching.get("max_tokens_per_row") if batching.get("pack") else None
+        args.max_tokens_per_row = row or max(args.max_tokens_per_batch // 4, demo["max_untrimmed_tokens"])
+
+
 def run_demo(args: argparse.Namespace) -> dict:
-    """Every pipeline over the same demo samples; the token budget defaults to the reference batch
-    footprint (batch size x the longest untrimmed row), so no step holds more padded tokens."""
+    """Every pipeline over the same demo samples, with the budgets of the config's batching
+    (`batch_budgets`) where the command line sets none."""
     model_settings, data = demo_settings(args.config)
     samples = read_demo_samples(data["train_pools"], args.samples, data.get("min_seconds", 0.0),
                                 data.get("max_seconds", 30.0))
     log.info("%d demo samples from %s, %.1f s of audio", len(samples), [p["name"] for p in data["train_pools"]],
              sum(len(s["audio"]) for s in samples) / SAMPLE_RATE)
     tokens = tokens_per_sample(samples, model_settings)
-    if args.batch_size is None:
-        args.batch_size = (data.get("batching") or {}).get("batch_size") or 12
-    if args.max_tokens_per_batch is None:
-        args.max_tokens_per_batch = args.batch_size * tokens["demo"]["max_untrimmed_tokens"]
-    if args.max_seconds_per_batch is None:
-        args.max_seconds_per_batch = args.batch_size * data.get("max_seconds", 30.0)
-    if args.max_tokens_per_row is None:  # a quarter of the budget, never shorter than the longest sample
-        args.max_tokens_per_row = max(args.max_tokens_per_batch // 4, tokens["demo"]["max_untrimmed_tokens"])
+    batch_budgets(args, data.get("batching") or {}, data.get("max_seconds", 30.0), tokens)
+    log.info("reference batch %d; budgets: %g s or %d tokens per batch, packed rows of %d tokens", args.batch_size,
+             args.max_seconds_per_batch, args.max_tokens_per_batch, args.max_tokens_per_row)
     rows = []
     for i, pipeline in enumerate([p for p in PIPELINES if p.name in args.pipelines], 1):
         log.info("[%d/%d] %s", i, len(args.pipelines), pipeline)
         rows.append(run_pipeline(pipeline, samples, model_settings, args))
         log.info("  %.1f s, %.1f samples/s", rows[-1]["seconds"], rows[-1]["samples_per_sec"])
-    return {"rows": rows, "tokens_per_sample": tokens,
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    return {"rows": rows, "tokens_per_sample": tokens, "model": model_settings,
+            "settings": _json_settings(args)}
+
+
+def _json_settings(args: argparse.Namespace) -> dict:
+    """The command line's settings with paths as strings (`--config` is a list of them)."""
+    def text(v):
+        return [text(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+
+    return {k: text(v) for k, v in vars(args).items()}
 
 
 def format_demo(report: dict) -> str:
@@ -880,7 +937,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per step. Synthetic shapes: default 4 (it_fresh.yaml trains 1 per GPU; 4 should "
                              "peak near 45 GiB, 8 near 70). demo: the reference pipeline's fixed batch, default the "
-                             "config's data.batching.batch_size (12)")
+                             "config's data.batching.batch_size, else the samples its budget holds on average "
+                             "(the demo's 1280 packed tokens: ~16)")
     parser.add_argument("--seconds", type=float, default=30.0, help="clip duration of baseline/trim/grad_ckpt, s")
     parser.add_argument("--short-seconds", type=float, default=10.0, help="clip duration of short/short_trim, s")
     parser.add_argument("--text-tokens", type=int, default=100, help="transcript tokens per row (they carry the loss)")
@@ -888,27 +946,32 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
                         help="device peak for MFU, TFLOP/s: 989 = H100 SXM / H200 dense bf16; 756 = H100 PCIe")
     parser.add_argument("--shape", choices=["flagship", "tiny", "demo"], default=None,
                         help="flagship: Borealis-5B, synthetic batches (default with CUDA); tiny: tiny widths on the "
-                             "30 s geometry, synthetic; demo: the --config model on real demo samples, the reference "
-                             "pipeline vs Borealis's (default on the CPU)")
+                             "30 s geometry, synthetic; demo: the --config files' model on real demo samples, the "
+                             "reference pipeline vs Borealis's (default on the CPU)")
     parser.add_argument("--tiny", action="store_true", help="the same as --shape tiny")
     demo = parser.add_argument_group("--shape demo")
-    demo.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "demo.yaml",
-                      help="training YAML whose model (encoder, llm, lora, freeze_encoder) and data (train_pools, "
-                           "min/max_seconds, batching) are benchmarked")
+    demo.add_argument("--config", type=Path, action="append", default=None,
+                      help="training YAML whose model (encoder, llm, adapter, lora, freeze_encoder) and data "
+                           "(train_pools, min/max_seconds, batching) are benchmarked; repeat it to stack overlays, "
+                           "merged as `borealis fit` merges them (default: configs/it_fresh.yaml, then "
+                           "configs/demo.yaml, as `make demo` loads them)")
     demo.add_argument("--samples", type=int, default=480, help="real samples every pipeline trains on once")
     demo.add_argument("--bucket-size", type=int, default=256, help="samples sorted together before cutting batches")
     demo.add_argument("--budget", choices=["seconds", "tokens"], default="seconds",
                       help="what bucketed batches are sorted and cut by: padded audio seconds (the encoder's cost; "
                            "data.batching.max_seconds_per_batch) or padded LLM tokens (max_tokens_per_batch)")
     demo.add_argument("--max-seconds-per-batch", type=float, default=None,
-                      help="--budget seconds: padded audio seconds per batch (default: batch size x data.max_seconds, "
-                           "the reference batch's audio footprint)")
+                      help="--budget seconds: padded audio seconds per batch (default: the config's "
+                           "data.batching.max_seconds_per_batch, else batch size x data.max_seconds, the reference "
+                           "batch's audio footprint)")
     demo.add_argument("--max-tokens-per-batch", type=int, default=None,
-                      help="--budget tokens: padded LLM tokens per batch (default: batch size x the longest "
+                      help="--budget tokens and the packed pipeline: LLM tokens per batch (default: the config's "
+                           "data.batching.max_tokens_per_batch, the demo's 1280, else batch size x the longest "
                            "untrimmed row, the reference batch's footprint)")
     demo.add_argument("--max-tokens-per-row", type=int, default=None,
-                      help="the packed pipeline's row capacity (default: a quarter of --max-tokens-per-batch, at "
-                           "least the longest sample); it packs to --max-tokens-per-batch")
+                      help="the packed pipeline's row capacity (default: the config's packed "
+                           "data.batching.max_tokens_per_row, the demo's 640, else a quarter of "
+                           "--max-tokens-per-batch, at least the longest sample); it packs to --max-tokens-per-batch")
     demo.add_argument("--pipelines", nargs="+", choices=PIPELINE_NAMES, default=PIPELINE_NAMES,
                       help="pipelines to run, in the documented order; the first one run is the baseline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -953,8 +1016,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
         args.shape = "demo" if device.type == "cpu" else "flagship"
     if args.shape == "demo" and device is not None and device.type != "cpu":
         problems.append(f"--shape demo runs on the CPU (the demo's own device), not --device {args.device}")
-    if args.shape == "demo" and not args.config.is_file():
-        problems.append(f"--config {args.config}: no such file")
+    args.config = args.config or list(DEMO_CONFIGS)
+    if args.shape == "demo":
+        problems += [f"--config {c}: no such file" for c in args.config if not c.is_file()]
     if problems:
         parser.error("; ".join(problems))
     args.tiny = args.shape == "tiny"
@@ -969,8 +1033,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     args, device = parse_args(argv)
     if args.shape == "demo":
-        report = {"device": "cpu", "shapes": f"demo ({args.config})", "torch": torch.__version__,
-                  "threads": torch.get_num_threads(), **run_demo(args)}
+        report = {"device": "cpu", "shapes": f"demo ({' + '.join(map(str, args.config))})",
+                  "torch": torch.__version__, "threads": torch.get_num_threads(), **run_demo(args)}
         print(format_demo(report))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -981,8 +1045,7 @@ def main(argv: list[str] | None = None) -> dict:
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         rows = run_suite(args, device)
         report = {"device": device_name, "torch": torch.__version__, "transformers": transformers.__version__,
-                  "shapes": "tiny" if args.tiny else "flagship", "settings": {k: str(v) if isinstance(v, Path) else v
-                                                                               for k, v in vars(args).items()},
+                  "shapes": "tiny" if args.tiny else "flagship", "settings": _json_settings(args),
                   "rows": rows}
         print(format_suite(rows, device_name))
         if args.json:
@@ -1000,7 +1063,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(measure(variant, args, device))
     report = {"device": device_name, "shapes": "tiny" if args.tiny else "flagship (configs/it_fresh.yaml)",
               "torch": torch.__version__, "transformers": transformers.__version__,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}
+              "settings": _json_settings(args), "rows": rows}
     print(format_table(rows))
     print(summary_line(rows, device_name))
     if args.json:
