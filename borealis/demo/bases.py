@@ -61,7 +61,7 @@ class BaseSettings:
     gain_db: tuple[float, float] = (-6.0, 6.0)
     char_ctc_weight: float = 1.0
     init_std: float = 0.02
-    llm_steps: int = 1200
+    llm_steps: int = 2000
     llm_batch: int = 64
     llm_lr: float = 3e-3
     warmup: int = 100
@@ -312,9 +312,16 @@ def _ctc_wer(encoder, head, features, pool: Path, tokenizer, blank: int, positio
 
 
 def lm_texts(corpus: Path) -> list[str]:
-    """The LM's training text, as ChatML turns: every training transcript as an assistant turn,
-    and every spoken instruction's and text-only chat's conversation (audio slots removed)."""
-    from borealis.prompts import AUDIO_PLACEHOLDER, IM_END, IM_START
+    """The LM's training text, as ChatML conversations: every training transcript as an assistant
+    turn, and again as the text side of the ASR task (the system prompt, the user's ASR prompt
+    followed by the transcript's words where Borealis puts the audio, the assistant repeating
+    them), and every spoken instruction's and text-only chat's conversation (audio slots removed).
+
+    The repeat conversations are why the LM can read its prompt: a language model this small
+    learns no copying from plain sentences, and without it the adapter and LoRA of the demo's
+    minutes did not start to use the audio (train loss flat at the LM's ~3.8 nats for 2,400 steps).
+    """
+    from borealis.prompts import ASR_PROMPTS, AUDIO_PLACEHOLDER, DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
 
     def chatml(turns) -> str:
         return "".join(f"{IM_START}{role}\n{text.replace(AUDIO_PLACEHOLDER, '').strip()}{IM_END}\n"
@@ -326,6 +333,9 @@ def lm_texts(corpus: Path) -> list[str]:
             meta = sample["meta"]
             if meta.get("text"):
                 texts.append(chatml([("assistant", meta["text"])]))
+                prompt = ASR_PROMPTS.get(meta.get("language"), ASR_PROMPTS["default"])
+                texts.append(chatml([("system", DEFAULT_SYSTEM_PROMPT), ("user", f"{prompt} {meta['text']}"),
+                                     ("assistant", meta["text"])]))
             if meta.get("messages"):
                 texts.append(chatml([(m["role"], m["content"]) for m in meta["messages"]]))
     return texts
@@ -399,9 +409,11 @@ def _lm_loss(model, tokenizer, pool: Path) -> float:
     return round(total / max(count, 1), 4)
 
 
-def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings()) -> dict:
+def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings(), only: str | None = None) -> dict:
     """Pretrain the corpus's random Whisper and Qwen3 (`CORPUS/models/`) and save them to
     `out/whisper` and `out/qwen3`, with `out/bases.json` and `out/SHA256SUMS`; returns the summary.
+    `only` ("encoder" or "llm") rebuilds one base and keeps the other (and its bases.json entry):
+    the two draw from separate generators, so either comes out as a full build makes it.
 
     Raises:
         FileNotFoundError: the corpus or its models are missing.
@@ -420,13 +432,21 @@ def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(corpus / "models" / "qwen3")
-    encoder = pretrain_encoder(corpus / "models" / "whisper", corpus, tokenizer, settings, out / "whisper")
+    previous = json.loads((out / "bases.json").read_text()) if (out / "bases.json").is_file() else {}
+    if only == "llm":
+        if "encoder" not in previous or not (out / "whisper" / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--only llm keeps the encoder in {out / 'whisper'}, but there is none; "
+                                    "build both (drop --only)")
+        encoder = previous["encoder"]
+    else:
+        encoder = pretrain_encoder(corpus / "models" / "whisper", corpus, tokenizer, settings, out / "whisper")
     for extra in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json"):
         src = corpus / "models" / "whisper" / extra  # the extractor, and what the Whisper baseline row decodes with
         if src.is_file():
             (out / "whisper" / extra).write_bytes(src.read_bytes())
-    llm = pretrain_llm(corpus / "models" / "qwen3", corpus, settings, out / "qwen3")
+    llm = previous["llm"] if only == "encoder" else pretrain_llm(corpus / "models" / "qwen3", corpus, settings,
+                                                                  out / "qwen3")
     corpus_info = json.loads((corpus / "corpus.json").read_text())
     summary = {"settings": asdict(settings), "seconds": round(time.monotonic() - start, 1),
                "corpus_seed": corpus_info["seed"], "torch": torch.__version__,
@@ -464,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder: whisper/, qwen3/, bases.json, SHA256SUMS")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the batch order, noise mixing and dropout")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--only", choices=("encoder", "llm"), default=None,
+                   help="rebuild one base and keep the other from --out (default: both)")
     g = p.add_argument_group("encoder (CTC)")
     g.add_argument("--encoder-steps", type=int, default=d.encoder_steps, help="optimizer steps")
     g.add_argument("--encoder-batch", type=int, default=d.encoder_batch, help="clips per step")
@@ -495,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("; ".join(problems))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    fields = {k: v for k, v in vars(args).items() if k not in ("corpus", "out")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "only")}
     fields["snr_db"], fields["gain_db"] = tuple(fields["snr_db"]), tuple(fields["gain_db"])
-    build_bases(args.corpus, args.out, BaseSettings(**fields))
+    build_bases(args.corpus, args.out, BaseSettings(**fields), only=args.only)
     return 0
