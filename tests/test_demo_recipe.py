@@ -47,6 +47,8 @@ def test_a_demo_shaped_fit_changes_only_the_adapter_and_lora(tmp_path, monkeypat
     make_pool(tmp_path / "asr", "asr", range(40), max_samples=10, seconds=lambda i: 0.5 + 0.1 * (i % 5))
     make_pool(tmp_path / "bench", "bench", range(100, 104), seconds=lambda i: 0.6)
     make_pool(tmp_path / "text", "t", range(20), text_only=True)
+    for pool in ("noise", "ir"):  # the curriculum's pools, checked before training starts
+        make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     monkeypatch.chdir(tmp_path)  # demo.yaml's relative output folders land in tmp_path
     cli = BorealisCLI(BorealisLightningModule, BorealisDataModule, auto_configure_optimizers=False, args=[
         "fit", "--config", str(ROOT / "configs" / "it_fresh.yaml"), "--config", str(ROOT / "configs" / "demo.yaml"),

@@ -44,8 +44,13 @@ def _fit(module, pools, tmp_path, callbacks=(), text_pool=None) -> L.Trainer:
 
 
 def _trainable(module) -> dict[str, torch.Tensor]:
+    """The trainable weights as the optimizer holds them: under bf16-mixed with LoRA the fp32
+    masters (`mixed_precision.MasterWeights`) stand for the bf16 weights the model computes with."""
     names = set(module.model.trainable_parameter_names())
-    return {k: v.detach().clone() for k, v in module.model.state_dict().items() if k in names}
+    weights = {k: v.detach().clone() for k, v in module.model.state_dict().items() if k in names}
+    if getattr(module, "master_weights", None) is not None:
+        weights.update({k.removeprefix("model."): v.detach().clone() for k, v in module.master_weights.state().items()})
+    return weights
 
 
 class FirstStep(L.Callback):
