@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -166,7 +167,9 @@ def test_faults_past_the_retries_are_counted_exactly_and_never_hang(http, slots,
     assert keys.total() + counts[1] == read_index(http.root / "p")["num_samples"]
     assert http.gets["p/shard-000002.tar"] == 3 * (slots // 4 or 1)  # 1 + retries, per reader
     assert time.monotonic() - start < 20
-    assert "shard-000003.tar: failed 3 time(s); last: FSTimeoutError" in caplog.text  # aiohttp's read timeout
+    # the stall ends in aiohttp's read timeout or, when that is slower under load, in the watchdog's
+    assert re.search(r"shard-000003\.tar: failed 3 time\(s\); last: (FSTimeoutError|TimeoutError: no data for)",
+                     caplog.text)
 
 
 def test_bad_urls_fail_naming_what_is_wrong(http, tmp_path):
