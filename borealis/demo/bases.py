@@ -28,7 +28,6 @@ bases are ~8 MB in all (`models/demo/` of the repository).
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import logging
@@ -82,9 +81,9 @@ def read_pool(pool_dir: Path) -> Iterator[dict]:
     Raises:
         FileNotFoundError: the pool has no shards (build the corpus first: `borealis demo`).
     """
-    from borealis.shards import SHARD_PATTERN, iter_shard
+    from borealis.shards import iter_shard, list_shards
 
-    paths = sorted(glob.glob(str(pool_dir / SHARD_PATTERN.replace("{:06d}", "*"))))
+    paths = list_shards(pool_dir)
     if not paths:
         raise FileNotFoundError(f"no shards in {pool_dir}; build the demo corpus first: borealis demo --out "
                                 f"{pool_dir.parent.parent.parent}")
@@ -105,9 +104,9 @@ def _schedule(step: int, warmup: int, total: int) -> float:
 
 class SpeechSet:
     """Clips of a set of pools held in memory as one zero-padded int16 tensor, with token targets
-    and character targets (indices into `alphabet`; characters outside it are dropped)."""
+    and character targets (indices into `alphabet`, every character of the transcripts, sorted)."""
 
-    def __init__(self, pools: Sequence[Path], tokenizer, num_samples: int, alphabet: str = "") -> None:
+    def __init__(self, pools: Sequence[Path], tokenizer, num_samples: int) -> None:
         import torch
 
         audio, lengths, targets, texts = [], [], [], []
@@ -129,8 +128,9 @@ class SpeechSet:
         self.lengths = torch.tensor(lengths)
         self.targets = targets
         self.texts = texts
-        index = {c: i for i, c in enumerate(alphabet)}
-        self.char_targets = [[index[c] for c in t if c in index] for t in texts]
+        self.alphabet = "".join(sorted(set("".join(texts))))
+        index = {c: i for i, c in enumerate(self.alphabet)}
+        self.char_targets = [[index[c] for c in t] for t in texts]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -240,10 +240,9 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
     features = WhisperLogMel.from_encoder_config(model.config)
     blank = len(tokenizer)
     head = torch.nn.Linear(model.config.d_model, blank + 1)
-    pools = [corpus / "shards" / p for p in SPEECH_POOLS]
-    alphabet = "".join(sorted({c for pool in pools for s in read_pool(pool) for c in (transcript(s) or "")}))
+    data = SpeechSet([corpus / "shards" / p for p in SPEECH_POOLS], tokenizer, features.num_samples)
+    alphabet = data.alphabet
     char_head = torch.nn.Linear(model.config.d_model, len(alphabet) + 1)
-    data = SpeechSet(pools, tokenizer, features.num_samples, alphabet)
     generator = torch.Generator().manual_seed(settings.seed)
     mixer = NoiseMixer(corpus / "shards" / "noise", settings, generator)
     params = [*encoder.parameters(), *head.parameters(), *char_head.parameters()]
@@ -266,7 +265,7 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
         log_probs = head(hidden).log_softmax(-1)  # (B, T, V + 1)
         token_loss = ctc(log_probs.transpose(0, 1), targets, frames, target_lengths)
         loss = token_loss
-        if settings.char_ctc_weight:  # characters align within a few hundred steps and pull the tokens along
+        if settings.char_ctc_weight:  # an auxiliary character CTC loss on the same hidden states
             char_log_probs = char_head(hidden).log_softmax(-1)
             loss = loss + settings.char_ctc_weight * char_ctc(char_log_probs.transpose(0, 1), chars, frames,
                                                               char_lengths)
@@ -317,9 +316,8 @@ def lm_texts(corpus: Path) -> list[str]:
     followed by the transcript's words where Borealis puts the audio, the assistant repeating
     them), and every spoken instruction's and text-only chat's conversation (audio slots removed).
 
-    The repeat conversations are why the LM can read its prompt: a language model this small
-    learns no copying from plain sentences, and without it the adapter and LoRA of the demo's
-    minutes did not start to use the audio (train loss flat at the LM's ~3.8 nats for 2,400 steps).
+    The repeat conversations give the LM the text side of the demo's ASR task: the answer is the
+    words the user turn holds after the ASR prompt, where Borealis puts the audio slots.
     """
     from borealis.prompts import ASR_PROMPTS, AUDIO_PLACEHOLDER, DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
 
