@@ -34,8 +34,8 @@
   gradients are multiplied by accumulate x world / N, N the label tokens of the whole step
   all-reduced over the ranks (Lightning divides by accumulate and DDP/FSDP average over the
   ranks, so the result is the gradient of the step's token mean). On one device with
-  accumulate 1 that is the batch's token mean, computed as before. Cost: one all-reduce of
-  one number per optimizer step. tests/test_loss_normalisation.py holds 4 x 1, 1 x accumulate
+  accumulate 1 that is the batch's token mean, computed by the same path as `micro_batch`.
+  Cost: one all-reduce of one number per optimizer step. tests/test_loss_normalisation.py holds 4 x 1, 1 x accumulate
   4 and 2 gloo ranks x 2 to the same gradient.
 * Under mixed precision (`bf16-mixed`, `16-mixed`) LoRA runs in the autocast dtype: peft's
   per-layer input cast to the float32 LoRA weights is off
