@@ -81,3 +81,37 @@ def test_a_demo_shaped_fit_changes_only_the_adapter_and_lora(tmp_path, monkeypat
         assert torch.equal(value[:rows], shipped[ref]), name
         checked += 1
     assert checked > 10
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_copy_spans_hold_the_transcript_in_order_between_fillers(seed):
+    """`CopyConversations.fill`: every token is held for 1..copy_max_run slots, in order, and the
+    rest of the span is the `<|AUDIO|>` filler; a swap changes at most one token."""
+    import numpy as np
+
+    from borealis.demo.bases import BaseSettings, CopyConversations
+
+    copies = CopyConversations.__new__(CopyConversations)  # fill() needs only these three
+    copies.filler, copies.settings, copies.words = -1, BaseSettings(copy_swap_rate=0.0), np.arange(100, 110)
+    rng = np.random.default_rng(seed)
+    tokens = rng.permutation(np.arange(1, 9))  # distinct, so each run is one token
+    span = copies.fill(30, tokens, rng)
+    assert span.shape == (30,)
+    runs = [(v, n) for v, n in _runs(span) if v != -1]
+    assert [v for v, _ in runs] == tokens.tolist()
+    assert all(1 <= n <= copies.settings.copy_max_run for _, n in runs)
+    copies.settings = BaseSettings(copy_swap_rate=1.0)
+    swapped = [v for v, _ in _runs(copies.fill(30, tokens, rng)) if v != -1]
+    assert len(swapped) == len(tokens) and sum(a != b for a, b in zip(swapped, tokens.tolist())) == 1
+    copies.settings = BaseSettings(copy_swap_rate=0.0)
+    assert copies.fill(4, tokens, rng).tolist() == tokens[:4].tolist()  # fewer slots than tokens: the head
+
+
+def _runs(span):
+    out = []
+    for v in span.tolist():
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return [tuple(r) for r in out]

@@ -9,20 +9,24 @@ What: `build_bases(corpus, out, settings)` loads the random models that `boreali
   noise pool (`shards/noise`: brown, band, hum and babble, never the benchmark's white or pink)
   mixed into `noise_share` of the clips at `snr_db` and a random gain;
 - the Qwen3 as a causal language model (`pretrain_llm`) on the training transcripts, the spoken
-  instructions' prompts and answers and the text-only chats, as ChatML conversations;
+  instructions' prompts and answers and the text-only chats, as ChatML conversations, and on
+  the ASR chats of the training clips in Borealis's own prompt format with the transcript's
+  tokens in the audio slots (`CopyConversations`), so it reads a transcript out of a slot span;
+  its tokenizer carries the three audio tokens, whose rows it trains;
 then saves both with `save_pretrained` in float16 (the CTC head is dropped: Borealis reads the
 encoder's hidden states), with `bases.json` (sizes, settings, times, and each base's own quality
-on the demo benchmarks: greedy CTC WER and the LM's loss per token) and `SHA256SUMS`.
+on the demo benchmarks: greedy CTC WER, the LM's loss per token and its greedy WER reading the
+benchmark transcripts out of slot spans) and `SHA256SUMS`.
 
 Why: the demo trains the flagship recipe, a frozen pretrained encoder and LoRA on a pretrained
 LLM, and nothing can be downloaded; these bases stand in for `openai/whisper-large-v3` and
 `Qwen/Qwen3-4B`, loaded by the same `from_pretrained` path. CTC over the LLM's own tokens gives
-the encoder states from which a linear map reads the words, which an adapter learns within the
-demo's minutes; no benchmark sentence or voice is ever trained on (`borealis.demo.plan`
-guarantees it for the pools read here).
+encoder states from which a map reads the words, and the copy chats give an LLM that reads
+words out of the audio slots, so the adapter has a target to learn; no benchmark sentence or
+voice is ever trained on (`borealis.demo.plan` guarantees it for the pools read here).
 
-Cost: one seeded run on 2 CPU cores; the defaults take ~20 min (BENCHMARKS.md). The saved
-bases are ~8 MB in all (`models/demo/` of the repository).
+Cost: one seeded run on 2 CPU cores; the defaults take ~50 min (encoder ~30, LLM ~21;
+BENCHMARKS.md). The saved bases are ~8 MB in all (`models/demo/` of the repository).
 """
 
 from __future__ import annotations
@@ -60,9 +64,12 @@ class BaseSettings:
     gain_db: tuple[float, float] = (-6.0, 6.0)
     char_ctc_weight: float = 1.0
     init_std: float = 0.02
-    llm_steps: int = 2000
+    llm_steps: int = 2400
     llm_batch: int = 64
     llm_lr: float = 3e-3
+    copy_share: float = 0.75
+    copy_max_run: int = 4
+    copy_swap_rate: float = 0.03
     warmup: int = 100
     threads: int = 0  # 0: torch's default
 
@@ -311,15 +318,10 @@ def _ctc_wer(encoder, head, features, pool: Path, tokenizer, blank: int, positio
 
 
 def lm_texts(corpus: Path) -> list[str]:
-    """The LM's training text, as ChatML conversations: every training transcript as an assistant
-    turn, and again as the text side of the ASR task (the system prompt, the user's ASR prompt
-    followed by the transcript's words where Borealis puts the audio, the assistant repeating
-    them), and every spoken instruction's and text-only chat's conversation (audio slots removed).
-
-    The repeat conversations give the LM the text side of the demo's ASR task: the answer is the
-    words the user turn holds after the ASR prompt, where Borealis puts the audio slots.
-    """
-    from borealis.prompts import ASR_PROMPTS, AUDIO_PLACEHOLDER, DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
+    """The LM's plain training text, as ChatML conversations: every training transcript as an
+    assistant turn, and every spoken instruction's and text-only chat's conversation (audio
+    slots removed). The ASR task's text side is `CopyConversations`."""
+    from borealis.prompts import AUDIO_PLACEHOLDER, IM_END, IM_START
 
     def chatml(turns) -> str:
         return "".join(f"{IM_START}{role}\n{text.replace(AUDIO_PLACEHOLDER, '').strip()}{IM_END}\n"
@@ -331,63 +333,162 @@ def lm_texts(corpus: Path) -> list[str]:
             meta = sample["meta"]
             if meta.get("text"):
                 texts.append(chatml([("assistant", meta["text"])]))
-                prompt = ASR_PROMPTS.get(meta.get("language"), ASR_PROMPTS["default"])
-                texts.append(chatml([("system", DEFAULT_SYSTEM_PROMPT), ("user", f"{prompt} {meta['text']}"),
-                                     ("assistant", meta["text"])]))
             if meta.get("messages"):
                 texts.append(chatml([(m["role"], m["content"]) for m in meta["messages"]]))
     return texts
 
 
+class CopyConversations:
+    """The text side of the demo's ASR task: every training ASR clip's chat exactly as Borealis
+    encodes it (system turn, the user's ASR prompt, `<|start_of_audio|>`, N `<|AUDIO|>` slots for
+    the clip's length, `<|end_of_audio|>`, the assistant's transcript), with the slots holding the
+    transcript's own tokens the way frame-rate speech holds words: each token at a random slot,
+    in order, held for a random run of slots, the other slots left as `<|AUDIO|>`, and a small
+    share of the tokens swapped for a random word's. The loss is on the answer only.
+
+    Why: Borealis writes the adapter's outputs into those slots. An LM that already reads a
+    transcript out of a slot span, skipping filler and repeats and mending a wrong word from its
+    context, leaves the adapter one job: turn each stacked encoder frame into the embedding of
+    the token spoken there. A 2-layer LM trained only on plain repeats (text right after the
+    prompt, no filler) copies poorly, and the adapter then has no path to learn through.
+    """
+
+    def __init__(self, corpus: Path, tokenizer, max_source_positions: int, settings: BaseSettings) -> None:
+        from borealis.prompts import PromptBuilder, asr_messages
+
+        builder = PromptBuilder(tokenizer, downsample_factor=DOWNSAMPLE, max_source_positions=max_source_positions)
+        self.builder = builder
+        self.filler = builder.audio_token_id
+        self.settings = settings
+        self.ids, self.labels, self.tokens = [], [], []
+        for pool in ("train/asr_en", "train/asr_ru"):
+            for sample in read_pool(corpus / "shards" / pool):
+                meta = sample["meta"]
+                if sample["audio"] is None or not meta.get("text") or meta.get("messages"):
+                    continue
+                encoded = builder.encode(asr_messages(meta["text"], meta.get("language")),
+                                         num_samples=int(sample["audio"].size))
+                self.ids.append(np.asarray(encoded.input_ids))
+                self.labels.append(np.asarray(encoded.labels))
+                self.tokens.append(np.asarray(tokenizer(meta["text"], add_special_tokens=False)["input_ids"]))
+        self.words = np.unique(np.concatenate(self.tokens))  # what a swapped token becomes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fill(self, slots: int, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`slots` slot ids holding `tokens` in order: starts drawn without replacement, each run
+        1..`copy_max_run` slots long (cut at the next start), swaps at `copy_swap_rate`."""
+        tokens = tokens[:slots]
+        if rng.random() < self.settings.copy_swap_rate * len(tokens):
+            tokens = tokens.copy()
+            tokens[rng.integers(len(tokens))] = rng.choice(self.words)
+        starts = np.sort(rng.choice(slots, size=len(tokens), replace=False))
+        ends = np.minimum(starts + rng.integers(1, self.settings.copy_max_run + 1, size=len(tokens)),
+                          np.append(starts[1:], slots))
+        span = np.full(slots, self.filler)
+        owner = np.searchsorted(starts, np.arange(slots), side="right") - 1  # the last start at or before
+        held = (owner >= 0) & (np.arange(slots) < ends[owner.clip(min=0)])
+        span[held] = tokens[owner[held]]
+        return span
+
+    def conversation(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, labels) of clip `index` with its slots filled afresh."""
+        ids = self.ids[index].copy()
+        slots = np.flatnonzero(ids == self.filler)
+        ids[slots] = self.fill(len(slots), self.tokens[index], rng)
+        return ids, self.labels[index]
+
+
 def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path) -> dict:
-    """Train the Qwen3 of `qwen_dir` as a causal LM on `lm_texts(corpus)`; save it (and its
-    tokenizer) to `out`."""
+    """Train the Qwen3 of `qwen_dir` as a causal LM on `lm_texts(corpus)` and, for
+    `copy_share` of each batch, `CopyConversations`; save it and its tokenizer (with the three
+    audio tokens, whose rows it trains) to `out`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperConfig
+
+    from borealis.prompts import IGNORE_INDEX, add_audio_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    add_audio_tokens(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in lm_texts(corpus)]
-    width = max(map(len, ids))
-    tokens = torch.full((len(ids), width), tokenizer.pad_token_id)
-    for i, row in enumerate(ids):
-        tokens[i, : len(row)] = torch.tensor(row)
-    mask = torch.arange(width)[None] < torch.tensor([len(r) for r in ids])[:, None]
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    positions = WhisperConfig.from_pretrained(corpus / "models" / "whisper").max_source_positions
+    copies = CopyConversations(corpus, tokenizer, positions, settings)
+    plain = [np.asarray(ids) for ids in tokenizer(lm_texts(corpus), add_special_tokens=False)["input_ids"]]
     generator = torch.Generator().manual_seed(settings.seed + 1)
+    rng = np.random.default_rng(settings.seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.llm_lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _schedule(step, settings.warmup, settings.llm_steps))
-    log.info("llm: %d conversations, %d steps of %d", len(ids), settings.llm_steps, settings.llm_batch)
+    n_copy = round(settings.llm_batch * settings.copy_share)
+    log.info("llm: %d plain conversations, %d ASR copy chats, %d steps of %d (%d copies)", len(plain), len(copies),
+             settings.llm_steps, settings.llm_batch, n_copy)
     model.train()
-    start, losses = time.monotonic(), []
-    order, at = torch.randperm(len(ids), generator=generator), 0
+    start, losses, copy_losses = time.monotonic(), [], []
     for step in range(settings.llm_steps):
-        if at + settings.llm_batch > len(ids):
-            order, at = torch.randperm(len(ids), generator=generator), 0
-        rows = order[at:at + settings.llm_batch]
-        at += settings.llm_batch
-        batch_mask = mask[rows]
-        keep = int(batch_mask.sum(1).max())
-        input_ids, attention = tokens[rows, :keep], batch_mask[:, :keep]
-        labels = input_ids.masked_fill(~attention, -100)
-        loss = model(input_ids=input_ids, attention_mask=attention.long(), labels=labels).loss
+        picks = torch.randint(len(plain), (settings.llm_batch - n_copy,), generator=generator).tolist()
+        rows = [(plain[i], plain[i]) for i in picks]
+        rows += [copies.conversation(i, rng) for i in torch.randint(len(copies), (n_copy,), generator=generator).tolist()]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), IGNORE_INDEX)
+        for i, (ids, lab) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.from_numpy(ids)
+            labels[i, : len(lab)] = torch.from_numpy(lab)
+        attention = (torch.arange(width)[None] < torch.tensor([len(ids) for ids, _ in rows])[:, None]).long()
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none")
+        keep = labels[:, 1:] != IGNORE_INDEX
+        loss = per_token[keep].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
+        copy_losses.append(float(per_token.detach()[-n_copy:][keep[-n_copy:]].mean()) if n_copy else float("nan"))
         if step % 100 == 0 or step == settings.llm_steps - 1:
-            log.info("llm step %d/%d: loss %.3f (%.0f s)", step, settings.llm_steps,
-                     float(np.mean(losses[-100:])), time.monotonic() - start)
+            log.info("llm step %d/%d: loss %.3f, copy loss %.3f (%.0f s)", step, settings.llm_steps,
+                     float(np.mean(losses[-100:])), float(np.mean(copy_losses[-100:])), time.monotonic() - start)
     seconds = time.monotonic() - start
     model.eval()
     quality = {name: _lm_loss(model, tokenizer, corpus / "shards" / "bench" / name) for name in BENCHMARKS[:4]}
+    copy_quality = {name: _copy_wer(model, tokenizer, copies, corpus / "shards" / "bench" / name, settings.seed)
+                    for name in BENCHMARKS[:4]}
     model.half().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"steps": settings.llm_steps, "seconds": round(seconds, 1), "conversations": len(ids),
-            "final_loss": round(float(np.mean(losses[-100:])), 4), "benchmark_loss_per_token": quality,
+    return {"steps": settings.llm_steps, "seconds": round(seconds, 1), "conversations": len(plain) + len(copies),
+            "final_loss": round(float(np.mean(losses[-100:])), 4),
+            "final_copy_loss": round(float(np.mean(copy_losses[-100:])), 4),
+            "benchmark_loss_per_token": quality, "benchmark_copy_wer": copy_quality,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _copy_wer(model, tokenizer, copies: CopyConversations, pool: Path, seed: int) -> float:
+    """Greedy WER (%) of the LM answering a benchmark's transcripts as `CopyConversations` chats
+    (the slots filled as in training, with swaps): how well it reads a transcript out of a span."""
+    import torch
+
+    from borealis.metrics import word_errors
+    from borealis.prompts import asr_messages
+
+    rng = np.random.default_rng(seed)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    refs, hyps = [], []
+    with torch.no_grad():
+        for sample in read_pool(pool):
+            text = sample["meta"]["text"]
+            ids = np.asarray(copies.builder.encode(asr_messages(None, sample["meta"].get("language")),
+                                                   num_samples=int(sample["audio"].size), generation=True).input_ids)
+            slots = np.flatnonzero(ids == copies.filler)
+            ids[slots] = copies.fill(len(slots), np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"]), rng)
+            out = model.generate(torch.from_numpy(ids)[None], max_new_tokens=24, do_sample=False,
+                                 eos_token_id=end, pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
+            refs.append(text)
+            hyps.append(tokenizer.decode(out[: out.index(end)] if end in out else out, skip_special_tokens=True))
+    errors, words = word_errors(refs, hyps)
+    return round(100 * sum(errors) / max(sum(words), 1), 2)
 
 
 def _lm_loss(model, tokenizer, pool: Path) -> float:
@@ -499,6 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--llm-steps", type=int, default=d.llm_steps, help="optimizer steps")
     g.add_argument("--llm-batch", type=int, default=d.llm_batch, help="conversations per step")
     g.add_argument("--llm-lr", type=float, default=d.llm_lr, help="peak AdamW learning rate")
+    g.add_argument("--copy-share", type=float, default=d.copy_share,
+                   help="share of each batch that is ASR copy chats (the transcript read out of the audio slots)")
+    g.add_argument("--copy-max-run", type=int, default=d.copy_max_run,
+                   help="longest run of slots a copy chat holds one token for")
+    g.add_argument("--copy-swap-rate", type=float, default=d.copy_swap_rate,
+                   help="per-token chance that a copy chat's span holds a random word instead (one swap at most)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps of both (then cosine to 5%%)")
     return p
 
@@ -509,8 +616,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     problems = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in vars(args).items()
                 if k.endswith(("steps", "batch")) and v < 1]
-    if not 0 <= args.noise_share <= 1:
-        problems.append(f"--noise-share must be in [0, 1], got {args.noise_share}")
+    for name in ("noise_share", "copy_share", "copy_swap_rate"):
+        if not 0 <= getattr(args, name) <= 1:
+            problems.append(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.copy_max_run < 1:
+        problems.append(f"--copy-max-run must be >= 1, got {args.copy_max_run}")
     if problems:
         p.error("; ".join(problems))
     if not logging.getLogger().handlers:
