@@ -4,6 +4,7 @@ adapter and LoRA, which are all its checkpoint holds."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -108,10 +109,5 @@ def test_copy_spans_hold_the_transcript_in_order_between_fillers(seed):
 
 
 def _runs(span):
-    out = []
-    for v in span.tolist():
-        if out and out[-1][0] == v:
-            out[-1][1] += 1
-        else:
-            out.append([v, 1])
-    return [tuple(r) for r in out]
+    """(value, run length) of each run of equal values."""
+    return [(v, len(list(run))) for v, run in itertools.groupby(span.tolist())]

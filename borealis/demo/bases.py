@@ -303,8 +303,6 @@ def _ctc_wer(encoder, head, features, pool: Path, tokenizer, blank: int, positio
 
     from borealis.features import num_mel_frames, window_frames
     from borealis.hf_remote.modeling_borealis import run_encoder
-    from borealis.metrics import word_errors
-
     data = SpeechSet([pool], tokenizer, features.num_samples)
     hyps: list[str] = []
     with torch.no_grad():
@@ -313,7 +311,14 @@ def _ctc_wer(encoder, head, features, pool: Path, tokenizer, blank: int, positio
             mel = features(audio, lengths, window_frames(audio.shape[1], DOWNSAMPLE, positions))
             log_probs = head(run_encoder(encoder, mel)).log_softmax(-1)
             hyps += tokenizer.batch_decode(ctc_greedy(log_probs, (num_mel_frames(lengths) + 1) // 2, blank))
-    errors, words = word_errors(data.texts, hyps)
+    return _wer_percent(data.texts, hyps)
+
+
+def _wer_percent(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER (%) over the pairs: `metrics.word_errors` (language-neutral normalisation)."""
+    from borealis.metrics import word_errors
+
+    errors, words = word_errors(references, hypotheses)
     return round(100 * sum(errors) / max(sum(words), 1), 2)
 
 
@@ -349,8 +354,8 @@ class CopyConversations:
     Why: Borealis writes the adapter's outputs into those slots. An LM that already reads a
     transcript out of a slot span, skipping filler and repeats and mending a wrong word from its
     context, leaves the adapter one job: turn each stacked encoder frame into the embedding of
-    the token spoken there. A 2-layer LM trained only on plain repeats (text right after the
-    prompt, no filler) copies poorly, and the adapter then has no path to learn through.
+    the token spoken there. Without these chats the 2-layer LM does not read words out of the
+    slots at all (~100% copy WER, BENCHMARKS.md), and the adapter has nothing to learn towards.
     """
 
     def __init__(self, corpus: Path, tokenizer, max_source_positions: int, settings: BaseSettings) -> None:
@@ -405,6 +410,7 @@ def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path
     `copy_share` of each batch, `CopyConversations`; save it and its tokenizer (with the three
     audio tokens, whose rows it trains) to `out`."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
     from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperConfig
 
     from borealis.prompts import IGNORE_INDEX, add_audio_tokens
@@ -430,13 +436,11 @@ def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path
         picks = torch.randint(len(plain), (settings.llm_batch - n_copy,), generator=generator).tolist()
         rows = [(plain[i], plain[i]) for i in picks]
         rows += [copies.conversation(i, rng) for i in torch.randint(len(copies), (n_copy,), generator=generator).tolist()]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        labels = torch.full((len(rows), width), IGNORE_INDEX)
-        for i, (ids, lab) in enumerate(rows):
-            input_ids[i, : len(ids)] = torch.from_numpy(ids)
-            labels[i, : len(lab)] = torch.from_numpy(lab)
-        attention = (torch.arange(width)[None] < torch.tensor([len(ids) for ids, _ in rows])[:, None]).long()
+        input_ids = pad_sequence([torch.from_numpy(ids) for ids, _ in rows], batch_first=True,
+                                 padding_value=tokenizer.pad_token_id)
+        labels = pad_sequence([torch.from_numpy(lab) for _, lab in rows], batch_first=True, padding_value=IGNORE_INDEX)
+        lengths = torch.tensor([len(ids) for ids, _ in rows])
+        attention = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
         per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none")
         keep = labels[:, 1:] != IGNORE_INDEX
@@ -470,7 +474,6 @@ def _copy_wer(model, tokenizer, copies: CopyConversations, pool: Path, seed: int
     (the slots filled as in training, with swaps): how well it reads a transcript out of a span."""
     import torch
 
-    from borealis.metrics import word_errors
     from borealis.prompts import asr_messages
 
     rng = np.random.default_rng(seed)
@@ -487,8 +490,7 @@ def _copy_wer(model, tokenizer, copies: CopyConversations, pool: Path, seed: int
                                  eos_token_id=end, pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
             refs.append(text)
             hyps.append(tokenizer.decode(out[: out.index(end)] if end in out else out, skip_special_tokens=True))
-    errors, words = word_errors(refs, hyps)
-    return round(100 * sum(errors) / max(sum(words), 1), 2)
+    return _wer_percent(refs, hyps)
 
 
 def _lm_loss(model, tokenizer, pool: Path) -> float:
