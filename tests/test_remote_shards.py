@@ -39,6 +39,8 @@ from borealis.shards.remote import FetchError, RemoteSettings, ShardFetcher
 from borealis.testing import build_tokenizer, make_pool, tone, tone_id
 
 FAST = RemoteSettings(retries=2, timeout=0.5, backoff=0.05)  # 3 attempts, a stall abandoned after 0.5 s
+# where a test counts GETs: no attempt abandoned because a loaded machine paused the server for 0.5 s
+PATIENT = RemoteSettings(retries=2, timeout=30.0, backoff=0.05)
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -229,7 +231,7 @@ def test_cache_reuses_verified_shards_and_refetches_a_corrupt_one(http, tmp_path
     names = [f"p/shard-00000{i}.tar" for i in range(4)]
     # three processes of one node read the pool at once through one cache: each shard is fetched once
     with mp.get_context("fork").Pool(3) as procs:
-        results = _deadline(lambda: procs.starmap(_read_with_cache, [(cache, (url, FAST))] * 3), 60)
+        results = _deadline(lambda: procs.starmap(_read_with_cache, [(cache, (url, PATIENT))] * 3), 60)
     for keys, counts in results:
         assert keys == sorted(f"p-{i}" for i in range(40)) and counts == [0, 0, 0, 0]
     assert [http.gets[n] for n in names] == [1, 1, 1, 1]
@@ -237,7 +239,7 @@ def test_cache_reuses_verified_shards_and_refetches_a_corrupt_one(http, tmp_path
     cached = {p.name for p in cache.glob("*.tar")}
     assert cached == {f"{s['sha256']}.tar" for s in index["shards"]}
 
-    _read_all(url, ShardFetcher(FAST, cache), epoch=1)  # a later epoch: no fetch
+    _read_all(url, ShardFetcher(PATIENT, cache), epoch=1)  # a later epoch: no fetch
     assert [http.gets[n] for n in names] == [1, 1, 1, 1]
 
     victim = cache / f"{index['shards'][2]['sha256']}.tar"
@@ -245,7 +247,7 @@ def test_cache_reuses_verified_shards_and_refetches_a_corrupt_one(http, tmp_path
     data[2000] ^= 0xFF  # one flipped byte, same size
     victim.write_bytes(bytes(data))
     (cache / f"{index['shards'][3]['sha256']}.tar").write_bytes(b"partial")  # cut short
-    keys, counts = _read_all(url, ShardFetcher(FAST, cache), epoch=2)
+    keys, counts = _read_all(url, ShardFetcher(PATIENT, cache), epoch=2)
     assert set(keys) == {f"p-{i}" for i in range(40)} and set(keys.values()) == {1} and counts == [0, 0, 0, 0]
     assert [http.gets[n] for n in names] == [1, 1, 2, 2]  # the corrupt and the partial copy fetched again
     assert victim.read_bytes() == (http.root / names[2]).read_bytes()
