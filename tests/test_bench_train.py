@@ -192,18 +192,18 @@ def test_demo_defaults_to_the_flagship_under_the_demo_overlay(monkeypatch):
                              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                 "down_proj"]}
     assert model["freeze_encoder"] is True and model["adapter"] == "simple" and model["downsample_factor"] == 4
-    assert data["batching"] == {"pack": True, "max_tokens_per_row": 640, "max_tokens_per_batch": 1280}
+    assert data["batching"] == {"pack": True, "max_tokens_per_row": 640, "max_tokens_per_batch": 2560}
     assert data["max_seconds"] == 3.0 and all(p["shards"].startswith("demo/shards/") for p in data["train_pools"])
 
     tokens = {"demo": {"trimmed": {"llm_tokens": 80.0}, "max_untrimmed_tokens": 90, "mean_seconds": 2.0}}
     bench.batch_budgets(args, data["batching"], data["max_seconds"], tokens)
-    assert args.batch_size == 16  # 1280 packed tokens / 80 per trimmed sample: the samples a packed step holds
-    assert (args.max_tokens_per_batch, args.max_tokens_per_row) == (1280, 640)  # the demo's packed batching
-    assert args.max_seconds_per_batch == 16 * 3.0  # the reference batch's audio, every clip padded to 3 s
+    assert args.batch_size == 32  # 2560 packed tokens / 80 per trimmed sample: the samples a packed step holds
+    assert (args.max_tokens_per_batch, args.max_tokens_per_row) == (2560, 640)  # the demo's packed batching
+    assert args.max_seconds_per_batch == 32 * 3.0  # the reference batch's audio, every clip padded to 3 s
 
     given, _ = bench.parse_args(["--shape", "demo", "--batch-size", "5", "--max-tokens-per-row", "700"])
     bench.batch_budgets(given, data["batching"], data["max_seconds"], tokens)
-    assert (given.batch_size, given.max_tokens_per_batch, given.max_tokens_per_row) == (5, 1280, 700)
+    assert (given.batch_size, given.max_tokens_per_batch, given.max_tokens_per_row) == (5, 2560, 700)
     assert given.max_seconds_per_batch == 5 * 3.0
     with pytest.raises(ValueError, match="pass --batch-size"):
         bench.batch_budgets(bench.parse_args(["--shape", "demo"])[0], {"pack": False}, 3.0, tokens)
