@@ -15,9 +15,9 @@ demo's rank, and the demo's packed batching. Every pipeline builds the same mode
 and trains one pass over the same `--samples` real samples (the pools of `data.train_pools`,
 mixed by weight), after `--warmup` untimed steps; data loading is not timed (samples are decoded
 and tokenised first). Budgets follow the config's `data.batching`: a packed one (the demo's
-rows of 640 tokens, 2560 per batch) is the packed pipeline's, its token budget also cuts the
+rows and per-batch token budget) is the packed pipeline's, its token budget also cuts the
 bucketed pipelines' batches under --budget tokens, and the reference pipeline's fixed batch
-holds the samples it packs on average (2560 / ~80 tokens: ~32); see `batch_budgets`.
+holds the samples it packs on average (the budget / ~80 tokens per demo sample); see `batch_budgets`.
 Each row adds one change to the row above; speed-up = samples/s over the first row's:
     reference       the reference research code's per-sample approach: every clip padded to the encoder window (the
                     demo's 3 s, the flagship's 30 s), the window's audio slots in every prompt
@@ -938,7 +938,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
                         help="clips per step. Synthetic shapes: default 4 (it_fresh.yaml trains 1 per GPU; 4 should "
                              "peak near 45 GiB, 8 near 70). demo: the reference pipeline's fixed batch, default the "
                              "config's data.batching.batch_size, else the samples its budget holds on average "
-                             "(the demo's 2560 packed tokens: ~32)")
+                             "(for the demo: its packed token budget / ~80 tokens per sample)")
     parser.add_argument("--seconds", type=float, default=30.0, help="clip duration of baseline/trim/grad_ckpt, s")
     parser.add_argument("--short-seconds", type=float, default=10.0, help="clip duration of short/short_trim, s")
     parser.add_argument("--text-tokens", type=int, default=100, help="transcript tokens per row (they carry the loss)")
@@ -966,11 +966,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
                            "batch's audio footprint)")
     demo.add_argument("--max-tokens-per-batch", type=int, default=None,
                       help="--budget tokens and the packed pipeline: LLM tokens per batch (default: the config's "
-                           "data.batching.max_tokens_per_batch, the demo's 2560, else batch size x the longest "
+                           "data.batching.max_tokens_per_batch, else batch size x the longest "
                            "untrimmed row, the reference batch's footprint)")
     demo.add_argument("--max-tokens-per-row", type=int, default=None,
                       help="the packed pipeline's row capacity (default: the config's packed "
-                           "data.batching.max_tokens_per_row, the demo's 640, else a quarter of "
+                           "data.batching.max_tokens_per_row, else a quarter of "
                            "--max-tokens-per-batch, at least the longest sample); it packs to --max-tokens-per-batch")
     demo.add_argument("--pipelines", nargs="+", choices=PIPELINE_NAMES, default=PIPELINE_NAMES,
                       help="pipelines to run, in the documented order; the first one run is the baseline")
