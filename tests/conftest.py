@@ -20,6 +20,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # setup.cfg runs 2 workers: one torch
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the `slow` end-to-end tests first (the order is otherwise kept): the two workers then
+    end on short tests, instead of one worker finishing a minute-long run while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_parts(tmp_path_factory):
     """(encoder_dir, llm_dir): a random tiny Whisper and a tiny Qwen3 + tokenizer on disk."""
