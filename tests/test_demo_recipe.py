@@ -111,3 +111,29 @@ def test_copy_spans_hold_the_transcript_in_order_between_fillers(seed):
 def _runs(span):
     """(value, run length) of each run of equal values."""
     return [(v, len(list(run))) for v, run in itertools.groupby(span.tolist())]
+
+
+def test_speed_perturbation_resamples_each_row_within_its_range_and_the_window():
+    """`perturb_speed` on ramps (linear interpolation reads a ramp exactly): each row's slope is its
+    factor, drawn in the range or raised to fit the window; lengths follow; padding stays zero."""
+    from borealis.demo.bases import perturb_speed
+
+    lengths = torch.tensor([100, 80, 41, 10])
+    audio = torch.arange(100, dtype=torch.float32).repeat(4, 1) * (torch.arange(100)[None] < lengths[:, None])
+    out, new = perturb_speed(audio, lengths, (0.8, 1.2), 100, torch.Generator().manual_seed(0))
+    factor = out[:, 1] - out[:, 0]
+    assert factor[0] >= 1 - 1e-6 and ((factor >= 0.8 - 1e-6) & (factor <= 1.2 + 1e-6)).all()  # row 0 fills the window
+    assert torch.equal(new, ((lengths - 1) / factor).floor().long() + 1) and (new <= 100).all()
+    for row, n in enumerate(new.tolist()):
+        assert torch.allclose(out[row, :n], torch.arange(n) * factor[row], atol=1e-3)
+        assert not out[row, n:].any()
+    same, kept = perturb_speed(audio, lengths, (1.0, 1.0), 100, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, lengths) and torch.equal(same, audio)
+
+
+def test_bases_options_fail_naming_the_option(tmp_path, capsys):
+    from borealis.demo.bases import main
+
+    with pytest.raises(SystemExit):
+        main(["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), "--speed", "1.2", "0.9"])
+    assert "--speed must be MIN <= MAX within [0.5, 2], got 1.2 0.9" in capsys.readouterr().err

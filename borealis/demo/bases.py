@@ -7,7 +7,8 @@ What: `build_bases(corpus, out, settings)` loads the random models that `boreali
   on the speech of `train/asr_*` and `train/instruct`, every batch through the same log-mel and
   encoder code as Borealis (`WhisperLogMel`, `run_encoder`, the full window), with the training
   noise pool (`shards/noise`: brown, band, hum and babble, never the benchmark's white or pink)
-  mixed into `noise_share` of the clips at `snr_db` and a random gain;
+  mixed into `noise_share` of the clips at `snr_db` and a random gain (optionally each clip
+  at a random `speed` and SpecAugment on the log-mel: off in the shipped bases);
 - the Qwen3 as a causal language model (`pretrain_llm`) on the training transcripts, the spoken
   instructions' prompts and answers and the text-only chats, as ChatML conversations, and on
   the ASR chats of the training clips in Borealis's own prompt format with the transcript's
@@ -63,6 +64,8 @@ class BaseSettings:
     snr_db: tuple[float, float] = (5.0, 30.0)
     gain_db: tuple[float, float] = (-6.0, 6.0)
     char_ctc_weight: float = 1.0
+    speed: tuple[float, float] = (1.0, 1.0)
+    spec_augment: bool = False
     init_std: float = 0.02
     llm_steps: int = 2400
     llm_batch: int = 64
@@ -232,6 +235,24 @@ def _reinit(encoder, std: float) -> None:
                 module.bias.zero_()
 
 
+def perturb_speed(audio, lengths, factors: tuple[float, float], max_samples: int, generator) -> tuple:
+    """Every row played at its own random speed in `factors` (pitch moves with tempo, as from a
+    voice of another register), by linear interpolation; a row is sped up as far as needed to
+    stay within `max_samples`. Returns (audio (B, S'), lengths (B,)); one batched gather.
+    """
+    import torch
+
+    factor = torch.empty(audio.shape[0]).uniform_(*factors, generator=generator)
+    factor = torch.maximum(factor, (lengths - 1) / (max_samples - 1))
+    new_lengths = ((lengths - 1) / factor).floor().long() + 1
+    position = torch.arange(int(new_lengths.max()))[None] * factor[:, None]  # (B, S'): where each sample reads
+    left = position.floor().long().clamp(max=audio.shape[1] - 1)
+    right = (left + 1).clamp(max=audio.shape[1] - 1)
+    weight = position - left
+    out = audio.gather(1, left) * (1 - weight) + audio.gather(1, right) * weight
+    return out * (torch.arange(out.shape[1])[None] < new_lengths[:, None]), new_lengths
+
+
 def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseSettings, out: Path) -> dict:
     """Train the encoder of `whisper_dir` with CTC over `tokenizer`'s tokens; save it to `out`."""
     import torch
@@ -239,6 +260,7 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
 
     from borealis.features import WhisperLogMel, num_mel_frames, window_frames
     from borealis.hf_remote.modeling_borealis import run_encoder
+    from borealis.spec_augment import SpecAugment
 
     model = WhisperModel.from_pretrained(whisper_dir, dtype=torch.float32)
     encoder = model.get_encoder()
@@ -252,6 +274,7 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
     char_head = torch.nn.Linear(model.config.d_model, len(alphabet) + 1)
     generator = torch.Generator().manual_seed(settings.seed)
     mixer = NoiseMixer(corpus / "shards" / "noise", settings, generator)
+    masker = SpecAugment(freq_masks=2, freq_width=15, time_masks=2, time_width=20) if settings.spec_augment else None
     params = [*encoder.parameters(), *head.parameters(), *char_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=settings.encoder_lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -266,7 +289,11 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
         if not batches:
             batches = data.epoch(settings.encoder_batch, generator)
         audio, lengths, targets, target_lengths, chars, char_lengths = data.batch(batches.pop())
+        if settings.speed != (1.0, 1.0):
+            audio, lengths = perturb_speed(audio, lengths, settings.speed, features.num_samples, generator)
         mel = features(mixer(audio, lengths), lengths, window_frames(audio.shape[1], DOWNSAMPLE, positions))
+        if masker is not None:
+            mel = masker(mel, num_mel_frames(lengths), generator)
         frames = (num_mel_frames(lengths) + 1) // 2
         hidden = run_encoder(encoder, mel)
         log_probs = head(hidden).log_softmax(-1)  # (B, T, V + 1)
@@ -596,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gain-db", type=float, nargs=2, default=d.gain_db, help="random gain range (dB), every clip")
     g.add_argument("--char-ctc-weight", type=float, default=d.char_ctc_weight,
                    help="weight of an auxiliary character CTC head (dropped at save); 0 turns it off")
+    g.add_argument("--speed", type=float, nargs=2, default=d.speed, metavar=("MIN", "MAX"),
+                   help="random speed per clip (pitch moves with tempo: other voices' registers); 1 1: off")
+    g.add_argument("--spec-augment", action="store_true",
+                   help="SpecAugment on the log-mel: 2 bands of up to 15 bins, 2 spans of up to 20 frames")
     g.add_argument("--init-std", type=float, default=d.init_std,
                    help="std of the encoder's fresh weights (Whisper's 0.02) before pretraining")
     g = p.add_argument_group("LLM (language model)")
@@ -621,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("noise_share", "copy_share", "copy_swap_rate"):
         if not 0 <= getattr(args, name) <= 1:
             problems.append(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if not 0.5 <= args.speed[0] <= args.speed[1] <= 2:
+        problems.append(f"--speed must be MIN <= MAX within [0.5, 2], got {args.speed[0]} {args.speed[1]}")
     if args.copy_max_run < 1:
         problems.append(f"--copy-max-run must be >= 1, got {args.copy_max_run}")
     if problems:
@@ -628,6 +661,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     fields = {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "only")}
-    fields["snr_db"], fields["gain_db"] = tuple(fields["snr_db"]), tuple(fields["gain_db"])
+    fields["snr_db"], fields["gain_db"], fields["speed"] = (tuple(fields[k]) for k in ("snr_db", "gain_db", "speed"))
     build_bases(args.corpus, args.out, BaseSettings(**fields), only=args.only)
     return 0
