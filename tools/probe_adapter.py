@@ -30,8 +30,9 @@ thing the bases decide, how fast the adapter learns to read them, in a few minut
 "What holds the demo back"). Figures from here are not the demo's: no augmentation, ASR clips
 only, its own batches.
 
-Cost on 2 CPU cores with models/demo: ~40 s to cache the 12,000 training clips' states, then
-~0.2 s per step of 32 clips for `lm` (LoRA r=32) and ~0.15 s for the CTC heads.
+Cost on 2 CPU cores with models/demo: ~30-40 s to cache the 12,000 training clips' states, then
+~0.25 s per step of 32 clips for `lm` (LoRA r=32) and ~0.03-0.05 s for the CTC heads; an
+evaluation of the four benchmarks takes seconds.
 """
 
 from __future__ import annotations
