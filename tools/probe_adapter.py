@@ -59,19 +59,26 @@ DEMO_BENCH = ("bench/demo_en", "bench/demo_ru", "bench/demo_en_random", "bench/d
 
 @dataclass
 class Clip:
-    """One clip of a pool: its transcript, language, sample count and the frozen encoder's states."""
+    """One clip of a pool: its transcript (text and tokens), language, sample count, its ASR chat
+    as Borealis encodes it, the frozen encoder's states, and its waveform where evaluation needs it."""
 
     text: str
     language: str | None
     num_samples: int
+    tokens: torch.Tensor  # (L,): the transcript's tokens, the CTC heads' targets
+    chat_ids: torch.Tensor  # (P,): the ASR chat with `<|AUDIO|>` slots, the `lm` head's input
+    chat_labels: torch.Tensor  # (P,): its labels (the answer only)
     states: torch.Tensor  # (num_audio_tokens * k, D): the frames the adapter stacks
+    audio: torch.Tensor | None  # (num_samples,) with keep_audio, else None
 
 
-def read_clips(pool: Path, model, batch: int = 64) -> list[Clip]:
+def read_clips(pool: Path, model, batch: int = 64, keep_audio: bool = False) -> list[Clip]:
     """The transcribed clips of `pool` (instruction chats and text-only samples are skipped), with
-    their encoder states computed in duration-sorted batches (batch-cut windows, no grad)."""
+    their encoder states computed in duration-sorted batches (batch-cut windows, no grad) and
+    their tokens and chats encoded once; `keep_audio` keeps the waveforms (`lm` benchmarks)."""
     from borealis.demo.bases import read_pool
     from borealis.hf_remote.modeling_borealis import run_encoder
+    from borealis.prompts import asr_messages
 
     raw = []
     for sample in read_pool(pool):
@@ -92,12 +99,18 @@ def read_clips(pool: Path, model, batch: int = 64) -> list[Clip]:
                                                               lengths))
             for row, i, n in zip(range(len(rows)), rows, model.num_audio_tokens(lengths).tolist()):
                 states[i] = hidden[row, : n * k].clone()
-    return [Clip(text, language, audio.numel(), s) for (audio, text, language), s in zip(raw, states)]
+    clips = []
+    for (audio, text, language), s in zip(raw, states):
+        chat = model.prompts.encode(asr_messages(text, language), num_samples=audio.numel())
+        tokens = model.prompts.tokenizer(text, add_special_tokens=False)["input_ids"]
+        clips.append(Clip(text, language, audio.numel(), torch.tensor(tokens), torch.tensor(chat.input_ids),
+                          torch.tensor(chat.labels), s, audio if keep_audio else None))
+    return clips
 
 
 class Probe:
     """The adapter (and LoRA or an output layer, per head) on cached states: `loss(clips)` for a
-    training batch, `transcribe(clips)` for greedy hypotheses."""
+    training batch, `ctc_transcribe(clips)` for the CTC heads' greedy hypotheses."""
 
     def __init__(self, model, head: str) -> None:
         self.model, self.head = model, head
@@ -106,7 +119,6 @@ class Probe:
         self.blank = model.config.audio_token_id
         self.table = model.llm.get_input_embeddings().weight.detach()  # (V, H): ctc_tied's fixed output layer
         self.out = torch.nn.Linear(self.table.shape[1], self.table.shape[0]) if head == "ctc_free" else None
-        self._chats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def parameters(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad] if self.head == "lm" \
@@ -124,22 +136,16 @@ class Probe:
         outputs, counts = self._adapted(clips)
         return (self.out(outputs) if self.out is not None else outputs @ self.table.T), counts
 
-    def _tokens(self, text: str) -> list[int]:
-        return self.prompts.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def loss(self, clips: Sequence[Clip]) -> torch.Tensor:
         if self.head != "lm":
             logits, counts = self._logits(clips)
-            targets = [torch.tensor(self._tokens(c.text)) for c in clips]
-            return F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.cat(targets), counts,
-                              torch.tensor([len(t) for t in targets]), blank=self.blank, zero_infinity=True)
-        from borealis.prompts import IGNORE_INDEX, asr_messages
+            return F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.cat([c.tokens for c in clips]), counts,
+                              torch.tensor([len(c.tokens) for c in clips]), blank=self.blank, zero_infinity=True)
+        from borealis.prompts import IGNORE_INDEX
 
-        chats = [self.prompts.encode(asr_messages(c.text, c.language), num_samples=c.num_samples) for c in clips]
-        ids = pad_sequence([torch.tensor(e.input_ids) for e in chats], batch_first=True,
-                           padding_value=self.prompts.pad_token_id)
-        labels = pad_sequence([torch.tensor(e.labels) for e in chats], batch_first=True, padding_value=IGNORE_INDEX)
-        mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(e.input_ids) for e in chats])[:, None]).long()
+        ids = pad_sequence([c.chat_ids for c in clips], batch_first=True, padding_value=self.prompts.pad_token_id)
+        labels = pad_sequence([c.chat_labels for c in clips], batch_first=True, padding_value=IGNORE_INDEX)
+        mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(c.chat_ids) for c in clips])[:, None]).long()
         outputs, counts = self._adapted(clips)
         real = torch.arange(outputs.shape[1])[None] < counts[:, None]
         embeds = self.model.llm.get_input_embeddings()(ids).masked_scatter((ids == self.blank)[..., None], outputs[real])
@@ -154,8 +160,8 @@ class Probe:
         return self.prompts.tokenizer.batch_decode(ctc_greedy(logits, counts, self.blank))
 
 
-def evaluate(probe: Probe, model, benches: dict[str, list[Clip]], audio: dict[str, list[np.ndarray]],
-             max_new_tokens: int, batch: int = 64) -> dict[str, float]:
+def evaluate(probe: Probe, model, benches: dict[str, list[Clip]], max_new_tokens: int,
+             batch: int = 64) -> dict[str, float]:
     """WER (%) per benchmark and their average: greedy generate (`lm`) or greedy CTC."""
     from borealis.metrics import average_wer, word_errors
     from borealis.prompts import asr_messages
@@ -174,7 +180,7 @@ def evaluate(probe: Probe, model, benches: dict[str, list[Clip]], audio: dict[st
             width = max(len(x) for x in ids)  # left padding: every answer starts at the same column
             input_ids = torch.stack([F.pad(x, (width - len(x), 0), value=probe.prompts.pad_token_id) for x in ids])
             mask = torch.stack([F.pad(torch.ones_like(x), (width - len(x), 0)) for x in ids])
-            waves = pad_sequence([torch.from_numpy(a) for a in audio[name][start:start + batch]], batch_first=True)
+            waves = pad_sequence([c.audio for c in part], batch_first=True)
             with torch.no_grad():
                 out = model.generate(input_ids=input_ids, attention_mask=mask, waveforms=waves,
                                      audio_lengths=torch.tensor([c.num_samples for c in part]),
@@ -221,7 +227,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         problems.append(f"--lr must be > 0, got {args.lr}")
     if problems:
         build_parser().error("; ".join(problems))
-    from borealis.demo.bases import read_pool
     from borealis.modeling import BorealisForConditionalGeneration
 
     torch.manual_seed(args.seed)
@@ -236,10 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     train_pools = args.train or [args.corpus / "shards" / p for p in DEMO_TRAIN]
     bench_pools = args.bench or [args.corpus / "shards" / p for p in DEMO_BENCH]
     train = [clip for pool in train_pools for clip in read_clips(pool, model)]
-    benches = {pool.name: read_clips(pool, model) for pool in bench_pools}
-    audio = {pool.name: [np.asarray(s["audio"], dtype=np.float32) for s in read_pool(pool)
-                         if s["audio"] is not None and s["meta"].get("text") and not s["meta"].get("messages")]
-             for pool in bench_pools} if args.head == "lm" else {}
+    benches = {pool.name: read_clips(pool, model, keep_audio=args.head == "lm") for pool in bench_pools}
     cached = time.perf_counter() - started
     print(f"states of {len(train)} training and {sum(map(len, benches.values()))} benchmark clips in {cached:.0f} s",
           flush=True)
@@ -272,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             window = []
             print(f"step {step}: loss {curve[-1]['loss']:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
         if step == total or (args.eval_every and step % args.eval_every == 0):
-            wer = evaluate(probe, model, benches, audio, args.max_new_tokens)
+            wer = evaluate(probe, model, benches, args.max_new_tokens)
             evaluations.append({"step": step, "wer": wer})
             print(f"step {step}: WER " + ", ".join(f"{k} {v:.2f}" for k, v in wer.items()), flush=True)
     result = {"settings": vars(args),
