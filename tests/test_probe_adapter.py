@@ -30,13 +30,14 @@ def pools(tmp_path_factory):
 def test_each_head_learns_and_scores_every_benchmark(head, tiny_parts, pools, tmp_path, monkeypatch):
     enc, llm = tiny_parts
     frozen: dict[str, torch.Tensor] = {}
+    built = []
     from borealis.modeling import BorealisForConditionalGeneration
     original = BorealisForConditionalGeneration.from_parts
 
     def spy(*args, **kwargs):  # keep the built model to compare its frozen weights afterwards
         model = original(*args, **kwargs)
         frozen.update({k: v.detach().clone() for k, v in model.named_parameters() if not v.requires_grad})
-        frozen["__model__"] = model
+        built.append(model)
         return model
 
     monkeypatch.setattr(BorealisForConditionalGeneration, "from_parts", staticmethod(spy))
@@ -56,7 +57,7 @@ def test_each_head_learns_and_scores_every_benchmark(head, tiny_parts, pools, tm
         assert set(evaluation["wer"]) == {"bench_a", "avg"} and evaluation["wer"]["bench_a"] >= 0
     assert json.loads(out.read_text())["evaluations"] == result["evaluations"]
 
-    model = frozen.pop("__model__")
+    model, = built
     params = dict(model.named_parameters())
     for name, before in frozen.items():
         assert torch.equal(params[name], before), name  # the bases stay frozen
