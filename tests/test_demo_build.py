@@ -213,3 +213,30 @@ def test_same_seed_gives_identical_shards(tiny_demo, tmp_path):
         a = json.loads((out / "shards" / pool / "index.json").read_text())
         b = json.loads((tmp_path / "again" / "shards" / pool / "index.json").read_text())
         assert a == b, pool  # sha256 of every shard: same sentences, voices, audio
+
+
+@needs_espeak
+def test_tiny_bases_build_from_the_tiny_corpus(tiny_demo, tmp_path):
+    """`borealis demo bases` end to end on the tiny corpus, a few steps with the optional
+    regularisers on: both bases save and reload, SHA256SUMS holds, bases.json records the settings,
+    and the encoder's pretraining dropout stays out of the saved config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperConfig
+
+    from borealis.demo.bases import BaseSettings, build_bases, check_sums
+
+    corpus, _ = tiny_demo
+    settings = BaseSettings(encoder_steps=2, encoder_batch=4, llm_steps=2, llm_batch=4, warmup=1,
+                            encoder_dropout=0.1, copy_shuffle_share=0.5)
+    summary = build_bases(corpus, tmp_path / "bases", settings)
+    assert check_sums(tmp_path / "bases") == []
+    assert json.loads((tmp_path / "bases" / "bases.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["settings"]["encoder_dropout"] == 0.1 and summary["settings"]["copy_shuffle_share"] == 0.5
+    assert WhisperConfig.from_pretrained(tmp_path / "bases" / "whisper").dropout == \
+        WhisperConfig.from_pretrained(corpus / "models" / "whisper").dropout == 0.0
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path / "bases" / "qwen3")
+    assert llm.config.vocab_size == len(AutoTokenizer.from_pretrained(tmp_path / "bases" / "qwen3"))  # + audio tokens
+    assert sum(p.numel() for p in llm.parameters()) == summary["llm"]["parameters"]
+    assert summary["encoder"]["steps"] == summary["llm"]["steps"] == 2
+    assert set(summary["encoder"]["wer"]) == {"demo_en", "demo_ru", "demo_en_random", "demo_ru_random",
+                                              "demo_en_noisy"}
+    assert 0 <= summary["llm"]["shuffles_kept_order"] <= 2 * 4

@@ -108,6 +108,47 @@ def test_copy_spans_hold_the_transcript_in_order_between_fillers(seed):
     assert copies.fill(4, tokens, rng).tolist() == tokens[:4].tolist()  # fewer slots than tokens: the head
 
 
+def test_shuffled_copy_chats_hold_a_permutation_of_the_words_and_never_a_benchmark_sentence():
+    """`CopyConversations.shuffled`: the answer is the clip's words in another order, the slot count
+    is the clip's, and a shuffle that is a benchmark sentence keeps the clip's own order (counted)."""
+    import numpy as np
+
+    from borealis.demo.bases import BaseSettings, CopyConversations
+    from borealis.prompts import IGNORE_INDEX, PromptBuilder, add_audio_tokens, asr_messages
+    from borealis.testing import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    add_audio_tokens(tokenizer)
+    copies = CopyConversations.__new__(CopyConversations)  # what shuffled() and conversation() read
+    copies.tokenizer, copies.builder = tokenizer, PromptBuilder(tokenizer, downsample_factor=4, max_source_positions=100)
+    copies.filler, copies.words = copies.builder.audio_token_id, np.arange(3)
+    copies.settings = BaseSettings(copy_swap_rate=0.0, copy_shuffle_share=1.0)
+    text = "zero one two three four"
+    encoded = copies.builder.encode(asr_messages(text, "en"), num_samples=32000)
+    copies.ids, copies.labels = [np.asarray(encoded.input_ids)], [np.asarray(encoded.labels)]
+    copies.tokens = [np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"])]
+    copies.texts, copies.languages, copies.num_samples = [text], ["en"], [32000]
+    copies.benchmark_texts, copies.kept_order = set(), 0
+    rng = np.random.default_rng(0)
+    answers = set()
+    slots = int((copies.ids[0] == copies.filler).sum())
+    for _ in range(20):
+        ids, labels, tokens = copies.shuffled(0, rng)
+        answer = tokenizer.decode(labels[labels != IGNORE_INDEX], skip_special_tokens=True).strip()
+        assert sorted(answer.split()) == sorted(text.split())  # the same words, in some order
+        assert tokenizer.decode(tokens) == answer
+        assert int((ids == copies.filler).sum()) == slots  # the clip's own slot count
+        answers.add(answer)
+    assert len(answers) > 5
+    ids, labels = copies.conversation(0, rng)  # share 1: every chat is a shuffle, its slots filled
+    answer = tokenizer.decode(labels[labels != IGNORE_INDEX], skip_special_tokens=True).strip()
+    assert sorted(answer.split()) == sorted(text.split()) and (ids == copies.filler).sum() < slots
+    copies.texts = ["zero one"]  # two words: every shuffle is one of the two benchmark orders
+    copies.benchmark_texts = {"zero one", "one zero"}
+    _, _, tokens = copies.shuffled(0, rng)
+    assert tokens.tolist() == copies.tokens[0].tolist() and copies.kept_order == 1
+
+
 def _runs(span):
     """(value, run length) of each run of equal values."""
     return [(v, len(list(run))) for v, run in itertools.groupby(span.tolist())]
@@ -137,3 +178,7 @@ def test_bases_options_fail_naming_the_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), "--speed", "1.2", "0.9"])
     assert "--speed must be MIN <= MAX within [0.5, 2], got 1.2 0.9" in capsys.readouterr().err
+    for option in ("--encoder-dropout", "--copy-shuffle-share"):
+        with pytest.raises(SystemExit):
+            main(["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), option, "1.5"])
+        assert f"{option} must be in [0, 1], got 1.5" in capsys.readouterr().err

@@ -8,11 +8,12 @@ What: `build_bases(corpus, out, settings)` loads the random models that `boreali
   encoder code as Borealis (`WhisperLogMel`, `run_encoder`, the full window), with the training
   noise pool (`shards/noise`: brown, band, hum and babble, never the benchmark's white or pink)
   mixed into `noise_share` of the clips at `snr_db` and a random gain (optionally each clip
-  at a random `speed` and SpecAugment on the log-mel: off in the shipped bases);
+  at a random `speed`, SpecAugment on the log-mel and `encoder_dropout`: off in the shipped bases);
 - the Qwen3 as a causal language model (`pretrain_llm`) on the training transcripts, the spoken
   instructions' prompts and answers and the text-only chats, as ChatML conversations, and on
   the ASR chats of the training clips in Borealis's own prompt format with the transcript's
-  tokens in the audio slots (`CopyConversations`), so it reads a transcript out of a slot span;
+  tokens in the audio slots (`CopyConversations`), so it reads a transcript out of a slot span
+  (optionally, for `copy_shuffle_share` of them, the transcript's words in a random order);
   its tokenizer carries the three audio tokens, whose rows it trains;
 then saves both with `save_pretrained` in float16 (the CTC head is dropped: Borealis reads the
 encoder's hidden states), with `bases.json` (sizes, settings, times, and each base's own quality
@@ -66,6 +67,7 @@ class BaseSettings:
     char_ctc_weight: float = 1.0
     speed: tuple[float, float] = (1.0, 1.0)
     spec_augment: bool = False
+    encoder_dropout: float = 0.0
     init_std: float = 0.02
     llm_steps: int = 2400
     llm_batch: int = 64
@@ -73,6 +75,7 @@ class BaseSettings:
     copy_share: float = 0.75
     copy_max_run: int = 4
     copy_swap_rate: float = 0.03
+    copy_shuffle_share: float = 0.0
     warmup: int = 100
     threads: int = 0  # 0: torch's default
 
@@ -262,7 +265,9 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
     from borealis.hf_remote.modeling_borealis import run_encoder
     from borealis.spec_augment import SpecAugment
 
-    model = WhisperModel.from_pretrained(whisper_dir, dtype=torch.float32)
+    # dropout regularises the pretraining only: the saved config keeps the corpus model's (no dropout)
+    saved_dropout = WhisperModel.config_class.from_pretrained(whisper_dir).dropout
+    model = WhisperModel.from_pretrained(whisper_dir, dtype=torch.float32, dropout=settings.encoder_dropout)
     encoder = model.get_encoder()
     _reinit(encoder, settings.init_std)
     positions = model.config.max_source_positions
@@ -318,6 +323,7 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
     encoder.eval()
     quality = {name: _ctc_wer(encoder, head, features, corpus / "shards" / "bench" / name, tokenizer, blank, positions)
                for name in BENCHMARKS}
+    model.config.dropout = saved_dropout
     model.half().save_pretrained(out)
     return {"steps": settings.encoder_steps, "seconds": round(seconds, 1), "clips": len(data),
             "final_ctc_loss": round(float(np.mean(losses[-100:])), 4), "wer": quality,
@@ -389,10 +395,11 @@ class CopyConversations:
         from borealis.prompts import PromptBuilder, asr_messages
 
         builder = PromptBuilder(tokenizer, downsample_factor=DOWNSAMPLE, max_source_positions=max_source_positions)
-        self.builder = builder
+        self.builder, self.tokenizer = builder, tokenizer
         self.filler = builder.audio_token_id
         self.settings = settings
         self.ids, self.labels, self.tokens = [], [], []
+        self.texts, self.languages, self.num_samples = [], [], []
         for pool in ("train/asr_en", "train/asr_ru"):
             for sample in read_pool(corpus / "shards" / pool):
                 meta = sample["meta"]
@@ -403,7 +410,14 @@ class CopyConversations:
                 self.ids.append(np.asarray(encoded.input_ids))
                 self.labels.append(np.asarray(encoded.labels))
                 self.tokens.append(np.asarray(tokenizer(meta["text"], add_special_tokens=False)["input_ids"]))
+                self.texts.append(meta["text"])
+                self.languages.append(meta.get("language"))
+                self.num_samples.append(int(sample["audio"].size))
         self.words = np.unique(np.concatenate(self.tokens))  # what a swapped token becomes
+        # a shuffled transcript that is a benchmark sentence keeps its own order instead
+        self.benchmark_texts = {sample["meta"]["text"] for name in BENCHMARKS if settings.copy_shuffle_share
+                                for sample in read_pool(corpus / "shards" / "bench" / name)}
+        self.kept_order = 0  # shuffles that hit a benchmark sentence
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -425,11 +439,32 @@ class CopyConversations:
         return span
 
     def conversation(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, labels) of clip `index` with its slots filled afresh."""
-        ids = self.ids[index].copy()
+        """(ids, labels) of clip `index` with its slots filled afresh; with chance
+        `copy_shuffle_share`, its transcript's words in a random order (`shuffled`)."""
+        share = self.settings.copy_shuffle_share
+        if share and rng.random() < share:
+            ids, labels, tokens = self.shuffled(index, rng)
+        else:
+            ids, labels, tokens = self.ids[index].copy(), self.labels[index], self.tokens[index]
         slots = np.flatnonzero(ids == self.filler)
-        ids[slots] = self.fill(len(slots), self.tokens[index], rng)
-        return ids, self.labels[index]
+        ids[slots] = self.fill(len(slots), tokens, rng)
+        return ids, labels
+
+    def shuffled(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, labels, transcript tokens) of clip `index`'s chat with its words in a random
+        order, the clip's slot count kept. The LM's prior cannot guess such a sentence, so the
+        answer has to be read out of the slots, as the benchmarks' random orders need. A
+        shuffle that is a benchmark sentence keeps the clip's own order (`kept_order` counts them)."""
+        from borealis.prompts import asr_messages
+
+        words = self.texts[index].split()
+        text = " ".join(words[i] for i in rng.permutation(len(words)))
+        if text in self.benchmark_texts:
+            self.kept_order += 1
+            return self.ids[index].copy(), self.labels[index], self.tokens[index]
+        encoded = self.builder.encode(asr_messages(text, self.languages[index]), num_samples=self.num_samples[index])
+        return (np.asarray(encoded.input_ids), np.asarray(encoded.labels),
+                np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
 
 
 def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path) -> dict:
@@ -492,6 +527,7 @@ def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path
     return {"steps": settings.llm_steps, "seconds": round(seconds, 1), "conversations": len(plain) + len(copies),
             "final_loss": round(float(np.mean(losses[-100:])), 4),
             "final_copy_loss": round(float(np.mean(copy_losses[-100:])), 4),
+            "shuffles_kept_order": copies.kept_order,
             "benchmark_loss_per_token": quality, "benchmark_copy_wer": copy_quality,
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -627,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random speed per clip (pitch moves with tempo: other voices' registers); 1 1: off")
     g.add_argument("--spec-augment", action="store_true",
                    help="SpecAugment on the log-mel: 2 bands of up to 15 bins, 2 spans of up to 20 frames")
+    g.add_argument("--encoder-dropout", type=float, default=d.encoder_dropout,
+                   help="dropout in the encoder's layers while it pretrains (the saved config keeps the corpus "
+                        "model's)")
     g.add_argument("--init-std", type=float, default=d.init_std,
                    help="std of the encoder's fresh weights (Whisper's 0.02) before pretraining")
     g = p.add_argument_group("LLM (language model)")
@@ -639,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest run of slots a copy chat holds one token for")
     g.add_argument("--copy-swap-rate", type=float, default=d.copy_swap_rate,
                    help="per-token chance that a copy chat's span holds a random word instead (one swap at most)")
+    g.add_argument("--copy-shuffle-share", type=float, default=d.copy_shuffle_share,
+                   help="share of copy chats whose transcript's words come in a random order (read, not guessed)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps of both (then cosine to 5%%)")
     return p
 
@@ -649,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     problems = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in vars(args).items()
                 if k.endswith(("steps", "batch")) and v < 1]
-    for name in ("noise_share", "copy_share", "copy_swap_rate"):
+    for name in ("noise_share", "encoder_dropout", "copy_share", "copy_swap_rate", "copy_shuffle_share"):
         if not 0 <= getattr(args, name) <= 1:
             problems.append(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     if not 0.5 <= args.speed[0] <= args.speed[1] <= 2:
