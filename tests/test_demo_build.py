@@ -219,7 +219,8 @@ def test_same_seed_gives_identical_shards(tiny_demo, tmp_path):
 def test_tiny_bases_build_from_the_tiny_corpus(tiny_demo, tmp_path):
     """`borealis demo bases` end to end on the tiny corpus, a few steps with the optional
     regularisers on: both bases save and reload, SHA256SUMS holds, bases.json records the settings,
-    and the encoder's pretraining dropout stays out of the saved config."""
+    the encoder's pretraining dropout stays out of the saved config, and `--only` rebuilds either
+    base bit for bit."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperConfig
 
     from borealis.demo.bases import BaseSettings, build_bases, check_sums
@@ -240,3 +241,11 @@ def test_tiny_bases_build_from_the_tiny_corpus(tiny_demo, tmp_path):
     assert set(summary["encoder"]["wer"]) == {"demo_en", "demo_ru", "demo_en_random", "demo_ru_random",
                                               "demo_en_noisy"}
     assert 0 <= summary["llm"]["shuffles_kept_order"] <= 2 * 4
+    # a one-base rebuild (`--only`) makes that base bit for bit as the full build made it
+    full = (tmp_path / "bases" / "SHA256SUMS").read_text().splitlines()
+    for only, part in (("llm", "qwen3/"), ("encoder", "whisper/")):
+        again = tmp_path / f"only_{only}"
+        shutil.copytree(tmp_path / "bases", again)
+        (again / part / "model.safetensors").unlink()
+        build_bases(corpus, again, settings, only=only)
+        assert (again / "SHA256SUMS").read_text().splitlines() == full, only

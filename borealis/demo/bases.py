@@ -265,6 +265,7 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
     from borealis.hf_remote.modeling_borealis import run_encoder
     from borealis.spec_augment import SpecAugment
 
+    torch.manual_seed(settings.seed)  # the weight draws (`_reinit`, the heads); each base seeds its own
     # dropout regularises the pretraining only: the saved config keeps the corpus model's (no dropout)
     saved_dropout = WhisperModel.config_class.from_pretrained(whisper_dir).dropout
     model = WhisperModel.from_pretrained(whisper_dir, dtype=torch.float32, dropout=settings.encoder_dropout)
@@ -477,6 +478,7 @@ def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path
 
     from borealis.prompts import IGNORE_INDEX, add_audio_tokens
 
+    torch.manual_seed(settings.seed)  # the audio tokens' new rows, drawn as `--only llm` draws them
     tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
     add_audio_tokens(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
@@ -577,7 +579,7 @@ def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings()
     """Pretrain the corpus's random Whisper and Qwen3 (`CORPUS/models/`) and save them to
     `out/whisper` and `out/qwen3`, with `out/bases.json` and `out/SHA256SUMS`; returns the summary.
     `only` ("encoder" or "llm") rebuilds one base and keeps the other (and its bases.json entry):
-    the two draw from separate generators, so either comes out as a full build makes it.
+    each base seeds its own draws, so either comes out bit for bit as a full build makes it.
 
     Raises:
         FileNotFoundError: the corpus or its models are missing.
@@ -592,7 +594,6 @@ def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings()
     hf_logging.disable_progress_bar()
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(corpus / "models" / "qwen3")
