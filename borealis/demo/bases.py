@@ -13,7 +13,8 @@ What: `build_bases(corpus, out, settings)` loads the random models that `boreali
   instructions' prompts and answers and the text-only chats, as ChatML conversations, and on
   the ASR chats of the training clips in Borealis's own prompt format with the transcript's
   tokens in the audio slots (`CopyConversations`), so it reads a transcript out of a slot span
-  (optionally, for `copy_shuffle_share` of them, the transcript's words in a random order);
+  (for `copy_shuffle_share` of them, the transcript's words in a random order, which no
+  language-model prior can guess, so the answer has to be read out of the slots);
   its tokenizer carries the three audio tokens, whose rows it trains;
 then saves both with `save_pretrained` in float16 (the CTC head is dropped: Borealis reads the
 encoder's hidden states), with `bases.json` (sizes, settings, times, and each base's own quality
@@ -27,7 +28,7 @@ encoder states from which a map reads the words, and the copy chats give an LLM 
 words out of the audio slots, so the adapter has a target to learn; no benchmark sentence or
 voice is ever trained on (`borealis.demo.plan` guarantees it for the pools read here).
 
-Cost: one seeded run on 2 CPU cores; the defaults take ~50 min (encoder ~30, LLM ~21;
+Cost: one seeded run on 2 CPU cores; the defaults take ~70 min (encoder ~51, LLM ~19;
 BENCHMARKS.md). The saved bases are ~8 MB in all (`models/demo/` of the repository).
 """
 
@@ -58,7 +59,7 @@ class BaseSettings:
     """How the bases are trained (`borealis demo bases --help` documents each)."""
 
     seed: int = 0
-    encoder_steps: int = 5000
+    encoder_steps: int = 10000
     encoder_batch: int = 32
     encoder_lr: float = 3e-3
     noise_share: float = 0.5
@@ -75,7 +76,7 @@ class BaseSettings:
     copy_share: float = 0.75
     copy_max_run: int = 4
     copy_swap_rate: float = 0.03
-    copy_shuffle_share: float = 0.0
+    copy_shuffle_share: float = 0.5
     warmup: int = 100
     threads: int = 0  # 0: torch's default
 
