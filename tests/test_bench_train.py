@@ -188,7 +188,7 @@ def test_demo_defaults_to_the_flagship_under_the_demo_overlay(monkeypatch):
     assert args.config == [bench.REPO_ROOT / "configs" / "it_fresh.yaml", bench.REPO_ROOT / "configs" / "demo.yaml"]
     model, data = bench.demo_settings(args.config)
     assert (model["encoder"], model["llm"]) == ("models/demo/whisper", "models/demo/qwen3")  # the demo's bases
-    assert model["lora"] == {"r": 32, "alpha": 64, "dropout": 0.0,  # the demo's rank, the flagship's dropout
+    assert model["lora"] == {"r": 64, "alpha": 128, "dropout": 0.0,  # the demo's rank, the flagship's dropout
                              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                 "down_proj"]}
     assert model["freeze_encoder"] is True and model["adapter"] == "simple" and model["downsample_factor"] == 4
