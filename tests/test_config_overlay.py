@@ -3,6 +3,7 @@ as `borealis fit --config configs/it_fresh.yaml --config configs/demo.yaml` does
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from borealis.cli import BorealisCLI
@@ -47,3 +48,19 @@ def test_a_later_config_replaces_batching_whole_and_overrides_the_model_keys(tin
     assert hp.loss_normalization == "micro_batch"
     flag = _parse(tiny_parts, IT_FRESH, overlay, extra=("--data.batching", '{"batch_size": 3, "bucket_size": 12}'))
     assert flag.datamodule.batching == Batching(batch_size=3, bucket_size=12)  # a flag replaces it whole too
+
+
+def test_a_flag_sets_one_batching_key_with_its_type(tiny_parts):
+    # A flag's value arrives as a string; it is read as the field's type, not compared as text.
+    cli = _parse(tiny_parts, IT_FRESH, extra=("--trainer.precision", "32-true",
+                                              "--data.batching.max_tokens_per_row", "2048"))
+    assert cli.datamodule.batching == Batching(pack=True, max_tokens_per_row=2048, max_tokens_per_batch=8192)
+
+
+def test_a_batching_value_of_the_wrong_type_names_the_key():
+    default = Batching(batch_size=8)
+    with pytest.raises(ValueError, match=r"(?s)data\.batching\.batch_size.*Expected a <class 'int'>.*Given value: eight"):
+        Batching.of({"batch_size": "eight"}, "data.batching", default)
+    with pytest.raises(ValueError, match=r"data\.batching: unknown key\(s\) \['bs'\]"):
+        Batching.of({"bs": 8}, "data.batching", default)
+    assert Batching.of({"batch_size": "12"}, "data.batching", default) == Batching(batch_size=12)

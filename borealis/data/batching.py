@@ -78,14 +78,29 @@ class Batching:
     @classmethod
     def of(cls, value: Batching | dict | None, key: str, default: Batching) -> Batching:
         """A `Batching` from a config mapping (or one already built; None: `default`); unknown
-        keys and bad values raise a ValueError naming `key`."""
+        keys and bad values raise a ValueError naming `key`.
+
+        The mapping's values are checked against the fields' types by jsonargparse, which also
+        reads the strings a command-line flag gives (`--data.batching.max_tokens_per_row 160`).
+        """
         if value is None or isinstance(value, Batching):
             return default if value is None else value
         unknown = sorted(set(value) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {list(cls.__dataclass_fields__)}")
+        from jsonargparse import ArgumentError, ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument(f"--{key}", type=cls)
+        nested: dict = dict(value)
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
         try:
-            return cls(**value)
+            fields = parser.parse_object(nested, defaults=False)[key].as_dict()
+        except ArgumentError as err:
+            raise ValueError(f"{key}: {err}") from err
+        try:
+            return cls(**fields)
         except ValueError as err:
             raise ValueError(f"{key}: {str(err).removeprefix('batching: ')}") from err
 
