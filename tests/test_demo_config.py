@@ -44,7 +44,7 @@ ALLOWED = {
 CHECKED_LISTS = ("trainer.callbacks", "data.augmentation")
 # Curriculum effects the demo leaves out of every stage; demo.yaml names each in a "# left out:"
 # comment with the measured reason (BENCHMARKS.md).
-LEFT_OUT = ("borealis.augmentations.Speed", "borealis.augmentations.PitchShift")
+LEFT_OUT = ("borealis.augmentations.Speed", "borealis.augmentations.PitchShift", "borealis.augmentations.Codec")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -132,7 +132,7 @@ def test_a_difference_outside_the_list_fails(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_merged_config_is_the_recipe():
     """The CLI's own merge of the two files: frozen encoder, simple adapter, 4x stacking,
-    LoRA on the seven projections, the flagship's prompt and text share."""
+    LoRA on the seven projections, the flagship's prompt, text share and precision."""
     result = run_cli("fit", "--config", str(FLAGSHIP), "--config", str(DEMO), "--print_config", cwd=ROOT)
     merged = yaml.safe_load(result.stdout)
     model, data = merged["model"], merged["data"]
@@ -143,4 +143,6 @@ def test_the_merged_config_is_the_recipe():
     assert model["lora"]["alpha"] / model["lora"]["r"] == 512 / 256
     assert model["encoder"] == "models/demo/whisper" and model["llm"] == "models/demo/qwen3"
     assert data["text_ratio"] == _lookup(_load(FLAGSHIP), "data.text_ratio")
-    assert merged["trainer"]["accelerator"] == "cpu" and merged["trainer"]["precision"] == "32-true"
+    assert merged["trainer"]["accelerator"] == "cpu"
+    # the flagship's precision: bf16 autocast on bf16 frozen bases, the dtype models/demo is stored in
+    assert (merged["trainer"]["precision"], model["base_dtype"]) == ("bf16-mixed", "bfloat16")

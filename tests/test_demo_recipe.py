@@ -33,7 +33,7 @@ def test_check_sums_names_a_changed_file(tmp_path):
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
+    return load_file(folder / "model.safetensors")
 
 
 @pytest.mark.slow
@@ -60,6 +60,7 @@ def test_a_demo_shaped_fit_changes_only_the_adapter_and_lora(tmp_path, monkeypat
         "--trainer.enable_progress_bar", "false", "--model.max_new_tokens", "4"])
     model = cli.model.model
     assert cli.trainer.global_step == 3
+    assert cli.model.hparams.base_dtype == "bfloat16"  # the flagship's, and the files' own: no cast at load
 
     ckpt = torch.load(tmp_path / "demo" / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     names = [k.removeprefix("model.") for k in ckpt["state_dict"]]

@@ -16,7 +16,8 @@ What: `build_bases(corpus, out, settings)` loads the random models that `boreali
   (for `copy_shuffle_share` of them, the transcript's words in a random order, which no
   language-model prior can guess, so the answer has to be read out of the slots);
   its tokenizer carries the three audio tokens, whose rows it trains;
-then saves both with `save_pretrained` in float16 (the CTC head is dropped: Borealis reads the
+then saves both with `save_pretrained` in bfloat16, the dtype the flagship's `base_dtype` loads
+them in, so a fit computes with the files' own bits (the CTC head is dropped: Borealis reads the
 encoder's hidden states), with `bases.json` (sizes, settings, times, and each base's own quality
 on the demo benchmarks: greedy CTC WER, the LM's loss per token and its greedy WER reading the
 benchmark transcripts out of slot spans) and `SHA256SUMS`.
@@ -326,7 +327,7 @@ def pretrain_encoder(whisper_dir: Path, corpus: Path, tokenizer, settings: BaseS
     quality = {name: _ctc_wer(encoder, head, features, corpus / "shards" / "bench" / name, tokenizer, blank, positions)
                for name in BENCHMARKS}
     model.config.dropout = saved_dropout
-    model.half().save_pretrained(out)
+    model.to(torch.bfloat16).save_pretrained(out)
     return {"steps": settings.encoder_steps, "seconds": round(seconds, 1), "clips": len(data),
             "final_ctc_loss": round(float(np.mean(losses[-100:])), 4), "wer": quality,
             "parameters": sum(p.numel() for p in encoder.parameters())}
@@ -525,7 +526,7 @@ def pretrain_llm(qwen_dir: Path, corpus: Path, settings: BaseSettings, out: Path
     quality = {name: _lm_loss(model, tokenizer, corpus / "shards" / "bench" / name) for name in BENCHMARKS[:4]}
     copy_quality = {name: _copy_wer(model, tokenizer, copies, corpus / "shards" / "bench" / name, settings.seed)
                     for name in BENCHMARKS[:4]}
-    model.half().save_pretrained(out)
+    model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"steps": settings.llm_steps, "seconds": round(seconds, 1), "conversations": len(plain) + len(copies),
             "final_loss": round(float(np.mean(losses[-100:])), 4),
