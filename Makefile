@@ -5,17 +5,23 @@ DEMO_DIR ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo demo-ablation espeak clean-demo
+.PHONY: install install-dev test demo demo-ablation espeak clean-demo
 
+# install: the package (what the demo runs); install-dev: with the test dependencies as well.
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-test: install
+test: install-dev
 	$(PY) -m pytest -q
 
 # espeak-ng synthesises the demo corpus; it is a Debian package.
@@ -26,19 +32,19 @@ espeak:
 	  { echo "espeak-ng is missing and could not be installed: run 'apt-get install espeak-ng' as root" >&2; exit 1; }; }
 
 # The demo is the flagship config with the demo overlay on top; SEED=n seeds the model and the data
-# (--seed_everything n --data.seed n; unset: the flagship's 42).
+# (--seed_everything n --data.seed n; unset: the flagship's 42). The fit validates after every epoch;
+# its last validation, on the final weights, prints the WER table and writes demo/runs/report/wer.json
+# and learning_curve.png. `borealis validate $(DEMO_CONFIG) --ckpt_path demo/runs/checkpoints/last.ckpt`
+# scores the same weights again, with the Whisper baseline row.
 DEMO_CONFIG := --config configs/it_fresh.yaml --config configs/demo.yaml
 SEED_ARGS := $(if $(SEED),--seed_everything $(SEED) --data.seed $(SEED))
 
 demo: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis fit $(DEMO_CONFIG) $(SEED_ARGS)
-	$(VENV)/bin/borealis validate $(DEMO_CONFIG) $(SEED_ARGS) --ckpt_path $(DEMO_DIR)/runs/checkpoints/last.ckpt
 
 # The augmentation ablation: the same demo without the curriculum (BENCHMARKS.md compares the two).
 demo-ablation: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis fit $(DEMO_CONFIG) --config configs/variants/demo_no_augment.yaml $(SEED_ARGS)
-	$(VENV)/bin/borealis validate $(DEMO_CONFIG) --config configs/variants/demo_no_augment.yaml $(SEED_ARGS) \
-	  --ckpt_path $(DEMO_DIR)/runs_none/checkpoints/last.ckpt
 
 # The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs,
 # and rebuilt when the corpus builder's sources change (bases.py pretrains the shipped bases, not the corpus).
