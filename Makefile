@@ -5,7 +5,7 @@ DEMO_DIR ?= demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev test demo demo-ablation espeak clean-demo
+.PHONY: install install-dev test demo demo-ablation demo-pretrain espeak clean-demo
 
 # install: the package (what the demo runs); install-dev: with the test dependencies as well.
 install: $(VENV)/.installed
@@ -31,7 +31,8 @@ espeak:
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null || \
 	  { echo "espeak-ng is missing and could not be installed: run 'apt-get install espeak-ng' as root" >&2; exit 1; }; }
 
-# The demo is the flagship config with the demo overlay on top; SEED=n seeds the model and the data
+# The demo is stage 2 of the seed's two stages: the flagship config with the demo overlay on top, which
+# instruction-tunes from the ASR pretrain the repository ships in models/demo/pretrain (`make demo-pretrain`); SEED=n seeds the model and the data
 # (--seed_everything n --data.seed n; unset: the flagship's 42). The fit validates after every epoch;
 # its last validation, on the final weights, prints the WER table and writes demo/runs/report/wer.json
 # and learning_curve.png. `borealis validate $(DEMO_CONFIG) --ckpt_path demo/runs/checkpoints/last.ckpt`
@@ -46,6 +47,16 @@ demo: install espeak $(DEMO_DIR)/corpus.json
 demo-ablation: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis fit $(DEMO_CONFIG) --config configs/variants/demo_no_augment.yaml $(SEED_ARGS)
 
+# Stage 1, the ASR pretrain that models/demo/pretrain ships (~30 min on 2 cores, BENCHMARKS.md): a corpus of
+# 3x the demo's ASR clips (the same generator and seed, so the same benchmarks), the fit, then its trainable
+# weights saved beside the bases (`borealis demo pretrain`, which rewrites models/demo/SHA256SUMS).
+PRETRAIN_DIR ?= demo_pretrain
+PRETRAIN_CONFIG := --config configs/pretrain.yaml --config configs/demo.yaml --config configs/demo_pretrain.yaml
+demo-pretrain: install espeak $(DEMO_DIR)/corpus.json
+	$(VENV)/bin/borealis demo --out $(PRETRAIN_DIR) --asr-per-language 18000 --overwrite
+	$(VENV)/bin/borealis fit $(PRETRAIN_CONFIG) $(SEED_ARGS)
+	$(VENV)/bin/borealis demo pretrain --ckpt $(DEMO_DIR)/runs_pretrain/checkpoints/last.ckpt --out models/demo
+
 # The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs,
 # and rebuilt when the corpus builder's sources change (bases.py pretrains the shipped bases, not the corpus).
 $(DEMO_DIR)/corpus.json: $(filter-out borealis/demo/bases.py,$(wildcard borealis/demo/*.py))
@@ -53,4 +64,4 @@ $(DEMO_DIR)/corpus.json: $(filter-out borealis/demo/bases.py,$(wildcard borealis
 	$(VENV)/bin/borealis demo --out $(DEMO_DIR) --overwrite
 
 clean-demo:
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(PRETRAIN_DIR)

@@ -19,7 +19,8 @@ from borealis.shards import iter_shard, list_shards
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 ABLATIONS = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))  # overlays on it_fresh.yaml
-BASES = {"demo.yaml": ("it_fresh.yaml",)}  # configs/*.yaml that are overlays, parsed on their base
+BASES = {"demo.yaml": ("it_fresh.yaml",),  # configs/*.yaml that are overlays, parsed on their base
+         "demo_pretrain.yaml": ("pretrain.yaml", "demo.yaml")}
 VARIANTS = {"no_augment.yaml": ("it_fresh.yaml",), "demo_no_augment.yaml": ("it_fresh.yaml", "demo.yaml")}  # configs/variants/ on their base
 
 

@@ -1,4 +1,5 @@
-"""configs/demo.yaml is the flagship (configs/it_fresh.yaml) scaled down, and nothing else.
+"""configs/demo.yaml is the flagship (configs/it_fresh.yaml) scaled down, and nothing else; and
+configs/demo_pretrain.yaml, on configs/pretrain.yaml + demo.yaml, only makes that stage 1.
 
 Every key the overlay changes must be one that scale forces (`ALLOWED`, with the reason);
 inside the lists it replaces (callbacks, curriculum stages) only paths, schedule lengths and
@@ -18,6 +19,7 @@ from borealis.testing import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP, DEMO = ROOT / "configs" / "it_fresh.yaml", ROOT / "configs" / "demo.yaml"
+PRETRAIN, DEMO_PRETRAIN = ROOT / "configs" / "pretrain.yaml", ROOT / "configs" / "demo_pretrain.yaml"
 
 # Dotted keys (or their parents) the demo may set differently from the flagship, and why.
 ALLOWED = {
@@ -39,6 +41,18 @@ ALLOWED = {
     "model.min_lr_ratio": "schedule lengths",
     "data.train_pools": "data paths", "data.text_pool": "data paths", "data.val_sets": "data paths",
     "data.predict": "data paths",
+    "model.init_from": "the seed's two stages: instruction tuning from the demo's ASR pretrain",
+}
+# What demo_pretrain.yaml may set on top of pretrain.yaml + demo.yaml: what makes the run stage 1.
+STAGE_ONE = {
+    "seed_everything", "data.seed",  # the shipped pretrain's seed
+    "trainer.max_epochs", "trainer.check_val_every_n_epoch",  # its length
+    "trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "checkpoint.dirpath", "model.report_dir",
+    "model.init_from",  # null: from the bases
+    "model.learning_rate",  # adapter and LoRA start from scratch, not from a pretrain
+    "data.train_pools", "data.text_pool",  # ASR pools only (the pretrain corpus's)
+    "data.allow_overlap",  # the fingerprint's one false pair in the larger corpus, named in the file
+    "data.augmentation",  # every effect left out, named with the reason
 }
 # Lists the demo restates whole, compared element by element below.
 CHECKED_LISTS = ("trainer.callbacks", "data.augmentation")
@@ -142,7 +156,32 @@ def test_the_merged_config_is_the_recipe():
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     assert model["lora"]["alpha"] / model["lora"]["r"] == 512 / 256
     assert model["encoder"] == "models/demo/whisper" and model["llm"] == "models/demo/qwen3"
+    assert model["init_from"] == "models/demo/pretrain"  # stage 2, from the shipped stage 1
     assert data["text_ratio"] == _lookup(_load(FLAGSHIP), "data.text_ratio")
     assert merged["trainer"]["accelerator"] == "cpu"
     # the flagship's precision: bf16 autocast on bf16 frozen bases, the dtype models/demo is stored in
     assert (merged["trainer"]["precision"], model["base_dtype"]) == ("bf16-mixed", "bfloat16")
+
+
+def test_the_pretrain_overlay_sets_only_what_makes_stage_one():
+    overlay = _flatten(_load(DEMO_PRETRAIN))
+    extra = sorted(k for k in overlay if k not in STAGE_ONE)
+    assert not extra, f"demo_pretrain.yaml sets {extra}, beyond what makes the demo's stage 1: {sorted(STAGE_ONE)}"
+    assert "left out:" in DEMO_PRETRAIN.read_text()  # the effects it drops are named, with the reason
+
+
+@pytest.mark.slow
+def test_the_merged_pretrain_is_stage_one_of_the_demo():
+    """pretrain.yaml + demo.yaml + demo_pretrain.yaml as the CLI merges them: plain ASR from the bases
+    (no init_from, no text-only chats, ASR pools only), on the model demo.yaml's stage 2 trains."""
+    def merged(*configs):
+        args = [a for c in configs for a in ("--config", str(c))]
+        return yaml.safe_load(run_cli("fit", *args, "--print_config", cwd=ROOT).stdout)
+
+    stage1, stage2 = merged(PRETRAIN, DEMO, DEMO_PRETRAIN), merged(FLAGSHIP, DEMO)
+    assert stage1["model"]["init_from"] is None and stage2["model"]["init_from"] == "models/demo/pretrain"
+    assert stage1["data"]["text_ratio"] == 0.0 and stage1["data"]["text_pool"] is None
+    assert [p["name"] for p in stage1["data"]["train_pools"]] == ["asr_en", "asr_ru"]
+    same = lambda m: {k: v for k, v in m.items() if k not in ("init_from", "report_dir", "learning_rate")}  # noqa: E731
+    assert same(stage1["model"]) == same(stage2["model"])  # stage 2 starts from a pretrain of its own model
+    assert stage1["data"]["val_sets"] == stage2["data"]["val_sets"]

@@ -1,6 +1,6 @@
 """The demo trains the recipe on the shipped bases: models/demo is what its SHA256SUMS says, it
-loads through the same `from_pretrained` path as a hub id, and a demo-shaped fit changes only the
-adapter and LoRA, which are all its checkpoint holds."""
+loads through the same `from_pretrained` path as a hub id, and a demo-shaped fit starts from the
+shipped stage-1 pretrain and changes only the adapter and LoRA, which are all its checkpoint holds."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ MAX_BYTES = 15 * 1024 * 1024  # the issue's cap on the shipped bases
 def test_shipped_bases_match_their_sha256_and_stay_small():
     assert check_sums(BASES) == []
     listed = [line.split(maxsplit=1)[1] for line in (BASES / "SHA256SUMS").read_text().splitlines()]
-    assert {"whisper/model.safetensors", "qwen3/model.safetensors", "qwen3/tokenizer.json"} <= set(listed)
+    assert {"whisper/model.safetensors", "qwen3/model.safetensors", "qwen3/tokenizer.json",
+            "pretrain/model.safetensors"} <= set(listed)
     assert sum((BASES / name).stat().st_size for name in listed) <= MAX_BYTES
 
 
@@ -39,8 +40,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_a_demo_shaped_fit_changes_only_the_adapter_and_lora(tmp_path, monkeypatch):
     """`borealis fit` with it_fresh.yaml + demo.yaml on the shipped bases (tone pools stand in for
-    the corpus), in process: afterwards the encoder and the LLM's base weights equal the shipped
-    files bit for bit, and the checkpoint holds adapter and LoRA weights only."""
+    the corpus), in process: training starts from the shipped pretrain's adapter and LoRA, and
+    afterwards the encoder and the LLM's base weights equal the shipped files bit for bit, and the
+    checkpoint holds adapter and LoRA weights only."""
     from borealis.cli import BorealisCLI
     from borealis.data import BorealisDataModule
     from borealis.module import BorealisLightningModule
@@ -51,15 +53,28 @@ def test_a_demo_shaped_fit_changes_only_the_adapter_and_lora(tmp_path, monkeypat
     for pool in ("noise", "ir"):  # the curriculum's pools, checked before training starts
         make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     monkeypatch.chdir(tmp_path)  # demo.yaml's relative output folders land in tmp_path
+    pretrain, at_start = _weights(BASES / "pretrain"), {}
+    original = BorealisLightningModule.on_train_start
+
+    def on_train_start(self):  # the trainable weights before the first step, as the optimizer holds them
+        original(self)
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if getattr(self, "master_weights", None) is not None:  # bf16-mixed: the fp32 masters
+            state.update({k.removeprefix("model."): v.detach().clone() for k, v in self.master_weights.state().items()})
+        at_start.update(state)
+
+    monkeypatch.setattr(BorealisLightningModule, "on_train_start", on_train_start)
     cli = BorealisCLI(BorealisLightningModule, BorealisDataModule, auto_configure_optimizers=False, args=[
         "fit", "--config", str(ROOT / "configs" / "it_fresh.yaml"), "--config", str(ROOT / "configs" / "demo.yaml"),
         "--model.encoder", str(BASES / "whisper"), "--model.llm", str(BASES / "qwen3"),
+        "--model.init_from", str(BASES / "pretrain"),
         "--data.train_pools", f'[{{name: asr, shards: "{tmp_path / "asr"}"}}]',
         "--data.text_pool", str(tmp_path / "text"), "--data.val_sets", f'{{bench: "{tmp_path / "bench"}"}}',
         "--data.batches_per_epoch", "3", "--data.num_workers", "0", "--trainer.max_epochs", "1",
         "--trainer.enable_progress_bar", "false", "--model.max_new_tokens", "4"])
     model = cli.model.model
     assert cli.trainer.global_step == 3
+    assert pretrain and all(torch.equal(at_start[k], v) for k, v in pretrain.items())  # stage 2 from stage 1
     assert cli.model.hparams.base_dtype == "bfloat16"  # the flagship's, and the files' own: no cast at load
 
     ckpt = torch.load(tmp_path / "demo" / "runs" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

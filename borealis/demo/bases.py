@@ -619,11 +619,19 @@ def build_bases(corpus: Path, out: Path, settings: BaseSettings = BaseSettings()
                "corpus_seed": corpus_info["seed"], "torch": torch.__version__,
                "encoder": encoder, "llm": llm}
     (out / "bases.json").write_text(json.dumps(summary, indent=2) + "\n")
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("SHA256SUMS", "bases.json"))
-    (out / "SHA256SUMS").write_text("".join(f"{_sha256(p)}  {p.relative_to(out).as_posix()}\n" for p in files))
+    write_sums(out)
     log.info("bases in %s: encoder CTC WER %s; LM loss %s; %.0f s", out, encoder["wer"],
              llm["benchmark_loss_per_token"], summary["seconds"])
     return summary
+
+
+SUMMARIES = ("SHA256SUMS", "bases.json", "pretrain.json")  # what a bases folder's SHA256SUMS leaves out
+
+
+def write_sums(folder: Path) -> None:
+    """`folder/SHA256SUMS`: the sha256 of every file under `folder` but the summaries (`SUMMARIES`)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in SUMMARIES)
+    (folder / "SHA256SUMS").write_text("".join(f"{_sha256(p)}  {p.relative_to(folder).as_posix()}\n" for p in files))
 
 
 def check_sums(folder: Path) -> list[str]:
