@@ -3,7 +3,7 @@
     borealis fit|validate|test|predict ...   train and evaluate (LightningCLI, `borealis.cli`)
     borealis shards build|inspect ...        build and check shard pools (`borealis.shards.cli`)
     borealis export ...                      a Hugging Face directory from a `borealis fit` checkpoint
-    borealis demo ...                        the demo corpus and tiny pretrained bases (`borealis.demo`)
+    borealis demo ...                        the demo corpus, tiny pretrained bases, its stage-1 pretrain (`borealis.demo`)
     borealis ablate run|report ...           the seed's grid of overlays, one table + heatmap (`borealis.ablate`)
     borealis tune-batch --config ...         the largest packed token budget that fits a GPU (`borealis.tune_batch`)
 
@@ -61,7 +61,7 @@ commands:
   predict     transcripts or answers as JSONL
   shards      build shard pools from corpora (`shards build`), list and verify them (`shards inspect`)
   export      write a Hugging Face model directory from a checkpoint
-  demo        build the demo corpus and the tiny pretrained bases it trains on
+  demo        build the demo corpus, the tiny pretrained bases it trains on, and save its stage-1 pretrain
   ablate      run the grid of overlays (fit + validate each), then one WER table + heatmap beside the seed's
   tune-batch  the largest packed token budget per GPU that trains without running out of memory
 
