@@ -28,7 +28,8 @@ def _checkpoint(path: Path, tiny_parts) -> Path:
     """A Lightning-style checkpoint of the random tiny model with the demo's trainable set: the model
     the merged configs build (LoRA and the adapter on a frozen encoder), seeded by their seed_everything."""
     enc, llm = tiny_parts
-    module = tool.build_cli([FLAGSHIP, DEMO], ["--model.encoder", str(enc), "--model.llm", str(llm)]).model
+    module = tool.build_cli([FLAGSHIP, DEMO], ["--model.encoder", str(enc), "--model.llm", str(llm),
+                                               "--model.init_from", "null"]).model  # tiny bases
     module.configure_model()
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                   "pytorch-lightning_version": lightning.__version__}
@@ -50,7 +51,7 @@ def test_bench_validate_accounting(tmp_path, tiny_parts, capsys):
     out = tmp_path / "bench.json"
     code = tool.main([
         "--config", str(FLAGSHIP), "--config", str(DEMO), "--ckpt_path", str(ckpt), "--limit", "5", "--repeats", "2", "--json", str(out), "--",
-        "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
+        "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4", "--model.init_from", "null",
         "--trainer.precision", "32-true", "--data.val_batching", json.dumps({"batch_size": 2}),
         "--data.val_sets", json.dumps({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")})])
     assert code == 0

@@ -83,6 +83,7 @@ def test_fit_then_validate_through_the_cli(tmp_path, tiny_parts):
     runs = tmp_path / "demo" / "runs"  # demo.yaml's relative paths land under the working folder
     common = ["--config", str(CONFIG_DIR / "it_fresh.yaml"), "--config", str(CONFIG_DIR / "demo.yaml"),
               "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
+              "--model.init_from", "null",  # tiny bases: models/demo/pretrain is the demo bases'
               "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
               "--data.text_pool", str(tmp_path / "text"),
               "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}),

@@ -135,7 +135,7 @@ def test_the_early_check_draws_no_random_numbers(tmp_path, tiny_parts, monkeypat
     enc, llm = tiny_parts
     BorealisCLI(BorealisLightningModule, BorealisDataModule, save_config_callback=None, auto_configure_optimizers=False,
                 args=["fit", "--config", str(FLAGSHIP), "--config", str(FLAGSHIP.with_name("demo.yaml")),
-                      "--model.encoder", str(enc),
+                      "--model.encoder", str(enc), "--model.init_from", "null",  # tiny bases
                       "--model.llm", str(llm), "--data.train_pools", json.dumps([{"name": "a", "shards": pool}]),
                       "--data.text_pool", pool, "--data.val_sets", json.dumps({"b": bench})])
     assert checked == [True]

@@ -46,6 +46,7 @@ def test_ddp_on_two_cpu_ranks(tmp_path, tiny_parts):
     (tmp_path / "weights").mkdir()
     common = ["--config", str(REPO / "configs" / "it_fresh.yaml"), "--config", str(REPO / "configs" / "demo.yaml"),
               "--model.encoder", str(enc), "--model.llm", str(llm),
+              "--model.init_from", "null",  # tiny bases: models/demo/pretrain is the demo bases'
               "--model.max_new_tokens", "4", "--trainer.accelerator", "cpu",
               "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
               "--data.text_pool", "null", "--data.text_ratio", "0",

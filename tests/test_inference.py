@@ -118,6 +118,7 @@ def test_predict_on_files_through_the_cli(tmp_path, tiny_parts):
     configs = Path(__file__).parents[1] / "configs"
     proc = run_cli("predict", "--config", str(configs / "it_fresh.yaml"), "--config", str(configs / "demo.yaml"),
                    "--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "3",
+                   "--model.init_from", "null",  # tiny bases: models/demo/pretrain is the demo bases'
                    "--model.report_dir", str(out_dir), "--data.predict.sets", "{}", "--data.val_sets", "{}",
                    "--data.num_workers", "0", "--data.predict.min_pause", "null",
                    "--data.predict.files", json.dumps(files), cwd=tmp_path)

@@ -118,7 +118,7 @@ def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
     for pool in ("noise", "ir"):
         make_pool(tmp_path / "demo" / "shards" / pool, pool, range(4))
     (tmp_path / "dumps").mkdir()
-    model = ["--model.encoder", str(enc), "--model.llm", str(llm), "--model.max_new_tokens", "4",
+    model = ["--model.encoder", str(enc), "--model.llm", str(llm), "--model.init_from", "null", "--model.max_new_tokens", "4",
              "--model.lora", json.dumps({"r": 4, "alpha": 8, "dropout": 0.0}),  # frozen base + LoRA in one unit
              "--model.freeze_encoder", "true"]
     data = ["--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),

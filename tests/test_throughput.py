@@ -263,6 +263,7 @@ def test_borealis_fit_writes_the_throughput_tags(tmp_path, tiny_parts):
         "fit", "--config", str(Path(__file__).parents[1] / "configs" / "it_fresh.yaml"),
         "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
         "--model.encoder", str(enc), "--model.llm", str(llm), "--data.augmentation", "null",
+        "--model.init_from", "null",  # tiny bases: models/demo/pretrain is the demo bases'
         "--data.train_pools", json.dumps([{"name": "a", "shards": str(tmp_path / "train")}]),
         "--data.text_pool", str(tmp_path / "text"), "--data.text_ratio", "0.3",
         "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}),

@@ -147,6 +147,7 @@ def test_validate_through_the_cli_shows_the_whisper_row(tmp_path, tiny_parts):
     configs = Path(__file__).parents[1] / "configs"
     out = run_cli("validate", "--config", str(configs / "it_fresh.yaml"), "--config", str(configs / "demo.yaml"),
                   "--model.encoder", str(whisper), "--model.llm", str(tiny_parts[1]), "--model.max_new_tokens", "4",
+                  "--model.init_from", "null",  # tiny bases: models/demo/pretrain is the demo bases'
                   "--model.report_dir", str(tmp_path / "report"), "--data.train_pools", "[]",
                   "--data.text_pool", str(tmp_path / "text"), "--data.augmentation", "null",
                   "--data.val_sets", json.dumps({"bench": str(tmp_path / "bench")}), "--data.max_seconds", "2.0",

@@ -12,7 +12,7 @@ Why: the seed's instruction-tuning runs start from its released ASR pretrain
 (`AlexWortega/Borealis5b_90k`) through `model.init_from`; the demo's stage 2 (`make demo`) starts
 from this folder the same way (`configs/demo.yaml`), so a new user runs the seed's second stage in
 minutes, and the first is one command away. A Lightning checkpoint also holds the optimizer's
-moments and pickled state; the folder keeps only the weights, loaded with `safetensors`.
+moments (twice the weights) and the loops' state; the folder keeps only the weights, in safetensors.
 """
 
 from __future__ import annotations
