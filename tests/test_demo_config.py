@@ -146,9 +146,10 @@ def test_a_difference_outside_the_list_fails(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_merged_config_is_the_recipe():
     """The CLI's own merge of the two files: frozen encoder, simple adapter, 4x stacking,
-    LoRA on the seven projections, the flagship's prompt, text share and precision."""
-    result = run_cli("fit", "--config", str(FLAGSHIP), "--config", str(DEMO), "--print_config", cwd=ROOT)
-    merged = yaml.safe_load(result.stdout)
+    LoRA on the seven projections, the flagship's prompt, text share and precision. And stage 1,
+    pretrain.yaml + demo.yaml + demo_pretrain.yaml as the CLI merges them: plain ASR from the bases
+    (no init_from, no text-only chats, ASR pools only), on the model that stage 2 trains."""
+    merged = _merged(FLAGSHIP, DEMO)
     model, data = merged["model"], merged["data"]
     assert model["freeze_encoder"] is True
     assert model["adapter"] == "simple" and model["downsample_factor"] == 4
@@ -162,6 +163,14 @@ def test_the_merged_config_is_the_recipe():
     # the flagship's precision: bf16 autocast on bf16 frozen bases, the dtype models/demo is stored in
     assert (merged["trainer"]["precision"], model["base_dtype"]) == ("bf16-mixed", "bfloat16")
 
+    stage1 = _merged(PRETRAIN, DEMO, DEMO_PRETRAIN)
+    assert stage1["model"]["init_from"] is None
+    assert stage1["data"]["text_ratio"] == 0.0 and stage1["data"]["text_pool"] is None
+    assert [p["name"] for p in stage1["data"]["train_pools"]] == ["asr_en", "asr_ru"]
+    same = lambda m: {k: v for k, v in m.items() if k not in ("init_from", "report_dir", "learning_rate")}  # noqa: E731
+    assert same(stage1["model"]) == same(model)  # stage 2 starts from a pretrain of its own model
+    assert stage1["data"]["val_sets"] == data["val_sets"]
+
 
 def test_the_pretrain_overlay_sets_only_what_makes_stage_one():
     overlay = _flatten(_load(DEMO_PRETRAIN))
@@ -170,18 +179,7 @@ def test_the_pretrain_overlay_sets_only_what_makes_stage_one():
     assert "left out:" in DEMO_PRETRAIN.read_text()  # the effects it drops are named, with the reason
 
 
-@pytest.mark.slow
-def test_the_merged_pretrain_is_stage_one_of_the_demo():
-    """pretrain.yaml + demo.yaml + demo_pretrain.yaml as the CLI merges them: plain ASR from the bases
-    (no init_from, no text-only chats, ASR pools only), on the model demo.yaml's stage 2 trains."""
-    def merged(*configs):
-        args = [a for c in configs for a in ("--config", str(c))]
-        return yaml.safe_load(run_cli("fit", *args, "--print_config", cwd=ROOT).stdout)
-
-    stage1, stage2 = merged(PRETRAIN, DEMO, DEMO_PRETRAIN), merged(FLAGSHIP, DEMO)
-    assert stage1["model"]["init_from"] is None and stage2["model"]["init_from"] == "models/demo/pretrain"
-    assert stage1["data"]["text_ratio"] == 0.0 and stage1["data"]["text_pool"] is None
-    assert [p["name"] for p in stage1["data"]["train_pools"]] == ["asr_en", "asr_ru"]
-    same = lambda m: {k: v for k, v in m.items() if k not in ("init_from", "report_dir", "learning_rate")}  # noqa: E731
-    assert same(stage1["model"]) == same(stage2["model"])  # stage 2 starts from a pretrain of its own model
-    assert stage1["data"]["val_sets"] == stage2["data"]["val_sets"]
+def _merged(*configs) -> dict:
+    """`borealis fit --config ... --print_config`: the configuration the CLI would run."""
+    args = [a for c in configs for a in ("--config", str(c))]
+    return yaml.safe_load(run_cli("fit", *args, "--print_config", cwd=ROOT).stdout)
