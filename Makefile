@@ -58,8 +58,9 @@ demo-pretrain: install espeak $(DEMO_DIR)/corpus.json
 	$(VENV)/bin/borealis demo pretrain --ckpt $(DEMO_DIR)/runs_pretrain/checkpoints/last.ckpt --out models/demo
 
 # The corpus is deterministic (seeded); it is built once and reused by later `make demo` runs,
-# and rebuilt when the corpus builder's sources change (bases.py pretrains the shipped bases, not the corpus).
-$(DEMO_DIR)/corpus.json: $(filter-out borealis/demo/bases.py,$(wildcard borealis/demo/*.py))
+# and rebuilt when the corpus builder's sources change (bases.py and pretrain.py make the shipped bases and
+# pretrain, not the corpus).
+$(DEMO_DIR)/corpus.json: $(filter-out borealis/demo/bases.py borealis/demo/pretrain.py,$(wildcard borealis/demo/*.py))
 	$(MAKE) install espeak
 	$(VENV)/bin/borealis demo --out $(DEMO_DIR) --overwrite
 
