@@ -32,8 +32,8 @@ espeak:
 	  { echo "espeak-ng is missing and could not be installed: run 'apt-get install espeak-ng' as root" >&2; exit 1; }; }
 
 # The demo is stage 2 of the seed's two stages: the flagship config with the demo overlay on top, which
-# instruction-tunes from the ASR pretrain the repository ships in models/demo/pretrain (`make demo-pretrain`); SEED=n seeds the model and the data
-# (--seed_everything n --data.seed n; unset: the flagship's 42). The fit validates after every epoch;
+# instruction-tunes from the ASR pretrain the repository ships in models/demo/pretrain (`make demo-pretrain`).
+# SEED=n seeds the model and the data (--seed_everything n --data.seed n; unset: the flagship's 42). The fit validates after every epoch;
 # its last validation, on the final weights, prints the WER table and writes demo/runs/report/wer.json
 # and learning_curve.png. `borealis validate $(DEMO_CONFIG) --ckpt_path demo/runs/checkpoints/last.ckpt`
 # scores the same weights again, with the Whisper baseline row.
