@@ -103,7 +103,7 @@ class RankPoison(L.Callback):
 def test_ranks_skip_together_and_the_abort_names_every_ranks_keys(tmp_path, tiny_parts):
     """Two CPU ranks (DDP over gloo): one decision for both, checkpoints hold both ranks' RNG."""
     module, _, dm, _ = _fit_with_poison(tmp_path, tiny_parts, [], max_skipped_steps=1)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                         plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path,
                         callbacks=[RankPoison(str(tmp_path), [(0, 1), (1, 3)]),

@@ -235,7 +235,7 @@ def test_counts_reach_the_batches_and_tensorboard(pool, tiny_parts, tmp_path):
 
 class _RankProbe(L.LightningModule):
     """A one-weight model that logs data errors with BorealisLightningModule's own method and
-    writes each batch's `data_errors` to a file per rank (spawned ranks share no memory)."""
+    writes each batch's `data_errors` to a file per rank (forked ranks share no memory)."""
 
     _log_data_errors = BorealisLightningModule._log_data_errors
 
@@ -263,7 +263,7 @@ def test_logged_totals_are_summed_over_ranks(pool, prompts, tmp_path):
     dm = BorealisDataModule(train_pools=[Pool("p", str(pool))], batching=Batching(batch_size=4, bucket_size=8),
                             batches_per_epoch=10, shuffle_buffer=4, num_workers=0, prompt_builder=prompts)
     logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb", version="v")
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=logger,
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, logger=logger,
                         log_every_n_steps=3, limit_val_batches=0, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(_RankProbe(str(tmp_path)), datamodule=dm)

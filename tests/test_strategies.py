@@ -132,7 +132,7 @@ def test_fsdp_on_two_cpu_ranks(tmp_path, tiny_parts):
 
     def fit(tag: str, epochs: int, *extra: str) -> list[dict]:
         run_cli("fit", *fsdp, "--trainer.callbacks.tag", tag, "--trainer.max_epochs", str(epochs), *extra,
-                cwd=tmp_path, pythonpath=str(REPO / "tests"))
+                cwd=tmp_path, pythonpath=str(REPO / "tests"), interpreter=True)  # rank 1: the command line re-run
         return [{when: torch.load(tmp_path / "dumps" / f"{tag}-{when}-rank{r}.pt", weights_only=True)
                  for when in ("start", "end")} for r in (0, 1)]
 
