@@ -41,7 +41,9 @@ def run_cli(*args: str, cwd, pythonpath: str | None = None, timeout: int = 600, 
     command's own working folder, environment, `sys.argv` and `sys.path`, as `python -m`
     gives, without the ~7 s of imports that a new interpreter pays on every call.
     `interpreter=True` starts a new interpreter instead: needed where Lightning re-runs the
-    command line to start more ranks (`strategy=ddp`, `fsdp` with `devices>1`)."""
+    command line to start more ranks (`strategy=ddp`, `fsdp` with `devices>1`). As with any
+    non-fork `multiprocessing` start, a script that calls `run_cli` keeps its code under
+    `if __name__ == "__main__":`."""
     import subprocess
     import sys
 
@@ -52,7 +54,7 @@ def run_cli(*args: str, cwd, pythonpath: str | None = None, timeout: int = 600, 
         proc = subprocess.run([sys.executable, "-m", "borealis.cli", *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
     else:
-        proc = _forked_cli(list(args), str(cwd), env, pythonpath, timeout)
+        proc = _forked_cli(list(args), str(cwd), env, timeout)
     if proc.returncode != 0:
         raise AssertionError(f"borealis {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
@@ -79,16 +81,23 @@ def _cli_server():
     return context
 
 
-def _forked_cli(args: list[str], cwd: str, env: dict, pythonpath: str | None, timeout: int):
+def _forked_cli(args: list[str], cwd: str, env: dict, timeout: int):
     """`run_cli`'s default: the command in a child of `_cli_server`, its stdout and stderr
     caught in files; killed after `timeout` seconds."""
+    import json
     import subprocess
+    import sys
     import tempfile
 
+    # the search path a new interpreter gets under `env` (PYTHONPATH, site-packages), not the test process's
+    path = json.loads(subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                                     env=env, capture_output=True, text=True, check=True).stdout)
     context = _cli_server()
     with tempfile.TemporaryDirectory(prefix="borealis-cli-") as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-        child = context.Process(target=_cli_child, args=(args, cwd, env, pythonpath, out, err), name="borealis")
+        for name in (out, err):
+            open(name, "w").close()  # read back even if the child dies before it opens them
+        child = context.Process(target=_cli_child, args=(args, cwd, env, path, out, err), name="borealis")
         child.start()
         child.join(timeout)
         if child.is_alive():
@@ -96,10 +105,15 @@ def _forked_cli(args: list[str], cwd: str, env: dict, pythonpath: str | None, ti
             child.join()
             raise subprocess.TimeoutExpired(["borealis", *args], timeout)
         with open(out, encoding="utf-8", errors="replace") as f_out, open(err, encoding="utf-8", errors="replace") as f_err:
-            return subprocess.CompletedProcess(["borealis", *args], child.exitcode, f_out.read(), f_err.read())
+            proc = subprocess.CompletedProcess(["borealis", *args], child.exitcode, f_out.read(), f_err.read())
+    if proc.returncode and not (proc.stdout or proc.stderr):
+        proc.stderr = ("the forked process ended before the command started (its traceback is on this process's "
+                       "stderr); a script that calls run_cli needs `if __name__ == \"__main__\":` around its code, "
+                       "as multiprocessing's forkserver imports the script's main module in each child")
+    return proc
 
 
-def _cli_child(args: list[str], cwd: str, env: dict, pythonpath: str | None, out: str, err: str) -> None:
+def _cli_child(args: list[str], cwd: str, env: dict, path: list[str], out: str, err: str) -> None:
     """In the forked child: the state `python -m borealis.cli ARGS` starts with, then its entry point."""
     import sys
 
@@ -109,10 +123,10 @@ def _cli_child(args: list[str], cwd: str, env: dict, pythonpath: str | None, out
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    sys.path[:0] = [cwd, *(pythonpath.split(os.pathsep) if pythonpath else [])]  # `-m` puts the folder first
+    sys.path[:] = [os.getcwd(), *path]  # `-m` puts the working folder first
     sys.argv = [borealis.cli.__file__, *args]
-    for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    for fd, name in ((1, out), (2, err)):
+        os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.exit(main())
 
 

@@ -43,3 +43,14 @@ def test_a_forked_run_sees_what_a_new_interpreter_sees(tmp_path):
     errors = [str(pytest.raises(AssertionError, run_cli, "fit", "--config", "missing.yaml", cwd=tmp_path,
                                 interpreter=interpreter).value) for interpreter in (False, True)]
     assert errors[0] == errors[1] and "missing.yaml" in errors[0]
+
+
+def test_a_forked_run_imports_from_its_own_search_path(tmp_path):
+    """The child searches what a new interpreter would (its folder, PYTHONPATH, site-packages),
+    not the test process's path: tests/ is on the latter, so a test module's callback loads only
+    when `pythonpath` names its folder."""
+    args = ("fit", "--config", str(ROOT / "configs" / "it_fresh.yaml"),
+            "--trainer.callbacks+=test_distributed.DumpRankWeights", "--trainer.callbacks.folder", "w", "--print_config")
+    with pytest.raises(AssertionError, match="No module named 'test_distributed'"):
+        run_cli(*args, cwd=tmp_path)
+    assert "test_distributed.DumpRankWeights" in run_cli(*args, cwd=tmp_path, pythonpath=str(ROOT / "tests")).stdout
