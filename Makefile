@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install install-dev test demo demo-ablation demo-pretrain espeak clean-demo
 
 # install: the package (what the demo runs); install-dev: with the test dependencies as well.
-# --no-compile: pip would byte-compile all ~20,000 .py files it installs (~50 s on 2 cores);
+# --no-compile: pip would byte-compile all ~20,000 .py files it installs (~50 s of one core);
 # Python compiles the modules a run imports on first use instead.
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -65,19 +65,12 @@ def _cli_server():
     with `CLI_ENV` in its environment, as the imports read some of it (the hub's offline flag)."""
     import multiprocessing
     from multiprocessing import forkserver
+    from unittest import mock
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["borealis.commands", "borealis.cli"])
-    saved = {key: os.environ.get(key) for key in CLI_ENV}
-    os.environ.update(CLI_ENV)
-    try:
+    with mock.patch.dict(os.environ, CLI_ENV):  # only while the server starts
         forkserver.ensure_running()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
     return context
 
 
